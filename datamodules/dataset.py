@@ -1,0 +1,93 @@
+"""A map-style dataset whose random augmentation depends only on (seed, epoch, index)."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+from torchvision import tv_tensors
+
+from .voc import IGNORE_INDEX, Sample, decode_sample
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SegmentationDataset(Dataset):
+    """Items are (image float 3×H×W, mask uint8 H×W).
+
+    Training keys are (index, epoch) pairs from `EpochSampler`; each draw seeds torch's RNG from
+    (seed, epoch, index), so the augmentation does not depend on worker count or scheduling.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, mask = decode_sample(self.samples[index])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0]
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by (seed, epoch) and yields (index, epoch) keys for this rank.
+
+    Lightning calls `set_epoch` at each epoch start. Each rank takes every world_size-th index of the
+    same permutation; the tail that does not divide evenly is dropped so ranks step in lockstep.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        order = order[: len(self) * self.world_size]
+        for index in order[self.rank :: self.world_size]:
+            yield index, self.epoch
+
+
+class ShardSampler(Sampler):
+    """Evaluation: rank r takes images r, r + world_size, …; no padding, so every image counts once."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack full-size images of different sizes: pad bottom/right with 0 (= mean pixel after
+    normalisation) and masks with 255, so padding never counts in the metrics."""
+    h = max(img.shape[-2] for img, _ in batch)
+    w = max(img.shape[-1] for img, _ in batch)
+    images = [F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img, _ in batch]
+    masks = [F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]), value=IGNORE_INDEX) for _, m in batch]
+    return torch.stack(images), torch.stack(masks)

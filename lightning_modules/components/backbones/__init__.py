@@ -1,0 +1,26 @@
+"""Backbones by name. Each returns {"stride4", "stride8", "out"} features (see `base.Backbone`)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .base import Backbone, OUTPUT_STRIDES
+from .mobilenet import MobileNetV2Backbone
+from .resnet import ResNetBackbone
+from .xception import XceptionBackbone
+
+BACKBONES = ("resnet50", "resnet101", "xception65", "mobilenet_v2")
+
+
+def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[int] | None = None) -> Backbone:
+    if name in ("resnet50", "resnet101"):
+        return ResNetBackbone(int(name[len("resnet"):]), weights=weights, multi_grid=multi_grid)
+    if multi_grid:
+        raise ValueError(f"multi_grid is only supported for ResNet backbones, not {name!r}")
+    if name == "xception65":
+        return XceptionBackbone(weights=weights)
+    if name == "mobilenet_v2":
+        return MobileNetV2Backbone(weights=weights)
+    raise ValueError(f"unknown backbone {name!r}: expected one of {BACKBONES}")
+
+
+__all__ = ["Backbone", "BACKBONES", "OUTPUT_STRIDES", "build_backbone"]

@@ -1,0 +1,109 @@
+"""What every backbone shares: feature taps named by stride and output stride set in place."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+class Backbone(nn.Module):
+    """A classification network cut into `units` whose strides can become dilations.
+
+    Subclasses build their layers, list them in `self.units` with their nominal strides, and implement
+    `forward`, which returns ``{"stride4": ..., "stride8": ..., "out": ...}``: the low-level features the
+    decoder taps ("Conv2" and "Conv3" before striding, paper §4.1) and the encoder output at the output
+    stride. Changing the output stride touches only conv strides, dilations and paddings, never a
+    parameter, so one trained model can be evaluated at several output strides (paper Table 3).
+    """
+
+    #: channels of the stride-4 and stride-8 taps and of the encoder output
+    channels: dict[str, int]
+    #: input normalisation the ImageNet weights expect: "imagenet" (mean/std) or "inception" ([-1, 1])
+    normalization: str = "imagenet"
+    #: stride of everything before the first unit
+    stem_stride: int = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.units: list[tuple[nn.Module, int]] = []
+        self.multi_grid: tuple[int, ...] | None = None
+        self.output_stride = 32
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Turn strides into dilations past `output_stride`, as TF-slim's `stack_blocks_dense` does.
+
+        A unit that would stride once the target is reached runs at stride 1 with the current rate, and
+        the rate is multiplied by its nominal stride for the units after it. With multi-grid, the units of
+        the last stage use rate × grid[i] (DeepLabv3 §3.2).
+        """
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        current, rate = self.stem_stride, 1
+        grid = self._grid_for_units()
+        for i, (unit, nominal_stride) in enumerate(self.units):
+            if current == output_stride:
+                self.set_unit_stride(unit, 1, rate * grid[i])
+                rate *= nominal_stride
+            else:
+                self.set_unit_stride(unit, nominal_stride, grid[i])
+                current *= nominal_stride
+        self.output_stride = output_stride
+
+    def _grid_for_units(self) -> list[int]:
+        grid = [1] * len(self.units)
+        if self.multi_grid:
+            last = self.last_stage_units()
+            if len(last) != len(self.multi_grid):
+                raise ValueError(f"multi_grid {self.multi_grid} needs one rate per last-stage unit ({len(last)})")
+            for i, g in zip(last, self.multi_grid):
+                grid[i] = g
+        return grid
+
+    def last_stage_units(self) -> list[int]:
+        """Indices in `units` of the last stage (where multi-grid applies)."""
+        raise ValueError(f"{type(self).__name__} does not support multi_grid")
+
+    @staticmethod
+    def set_unit_stride(unit: nn.Module, stride: int, dilation: int) -> None:
+        raise NotImplementedError
+
+    def load_weights_file(self, path: str | Path, ignore_prefixes: Sequence[str] = ()) -> None:
+        """Load a state dict saved from the library's own model (torchvision / timm) for clusters offline.
+
+        Classifier keys (`ignore_prefixes`) are dropped; any other missing or unexpected key is an error.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        self.load_library_state_dict(state, ignore_prefixes, source=str(path))
+
+    def load_library_state_dict(
+        self, state: dict[str, torch.Tensor], ignore_prefixes: Sequence[str] = (), source: str = "weights"
+    ) -> None:
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
+        result = self.body.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{source} does not match the {type(self).__name__} backbone: "
+                f"missing keys {result.missing_keys[:20]} ({len(result.missing_keys)} in all), "
+                f"unexpected keys {result.unexpected_keys[:20]} ({len(result.unexpected_keys)} in all)"
+            )
+
+
+def set_conv_stride(conv: nn.Conv2d, stride: int, dilation: int) -> None:
+    """Set a conv's stride and dilation, keeping 'same' padding for odd kernels."""
+    conv.stride = (stride, stride)
+    if conv.kernel_size[0] > 1:
+        conv.dilation = (dilation, dilation)
+        conv.padding = (dilation * (conv.kernel_size[0] - 1) // 2,) * 2
+
+
+def is_weights_file(weights: str) -> bool:
+    return Path(weights).suffix in {".pth", ".pt", ".bin", ".ckpt"} or Path(weights).is_file()

@@ -1,0 +1,61 @@
+"""MobileNetV2 from torchvision, DeepLab variant (ends at the 320-channel block)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2, MobileNet_V2_Weights
+from torchvision.models.mobilenetv2 import InvertedResidual
+
+from .base import Backbone, is_weights_file, set_conv_stride
+
+# One-based TF layer numbers of the decoder taps: layer_4 (stride 4) and layer_7 (stride 8)
+# "depthwise_output" (spec §6.5); torchvision's `features[i]` is TF's layer_{i+1}.
+_TAPS = {"stride4": 3, "stride8": 6}
+
+
+class MobileNetV2Backbone(Backbone):
+    """torchvision MobileNetV2 without its 1280-channel conv (`features[18]`), as the official code.
+
+    Taps are the depthwise outputs of TF's layer_4 (144 ch, stride 4) and layer_7 (192 ch, stride 8);
+    the encoder output is the 320-channel block. `weights`: "IMAGENET1K_V1"/"IMAGENET1K_V2" or a path
+    to a state dict of `torchvision.models.mobilenet_v2()`.
+    """
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        enum_weights = None
+        if weights and not is_weights_file(weights):
+            try:
+                enum_weights = MobileNet_V2_Weights[weights]
+            except KeyError:
+                raise ValueError(
+                    f"unknown mobilenet_v2 weights {weights!r}: use one of "
+                    f"{[w.name for w in MobileNet_V2_Weights]} or a path to a saved state dict"
+                ) from None
+        self.body = mobilenet_v2(weights=enum_weights)
+        del self.body.classifier
+        self.body.features = self.body.features[:18]
+        if weights and enum_weights is None:
+            self.load_weights_file(weights, ignore_prefixes=("classifier.", "features.18."))
+        self.channels = {"stride4": 144, "stride8": 192, "out": 320}
+        self.units = [(block, block.conv[-3][0].stride[0]) for block in self.body.features[1:]]
+
+    @staticmethod
+    def set_unit_stride(unit: InvertedResidual, stride: int, dilation: int) -> None:
+        set_conv_stride(unit.conv[-3][0], stride, dilation)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        taps = {}
+        tap_at = {index: name for name, index in _TAPS.items()}
+        for i, layer in enumerate(self.body.features):
+            if i in tap_at:
+                x, taps[tap_at[i]] = _forward_with_depthwise_tap(layer, x)
+            else:
+                x = layer(x)
+        return {**taps, "out": x}
+
+
+def _forward_with_depthwise_tap(block: InvertedResidual, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = block.conv[:-2](x)  # expand 1×1 + depthwise 3×3 (each with BN + ReLU6)
+    y = block.conv[-2:](hidden)  # linear 1×1 projection + BN
+    return (x + y if block.use_res_connect else y), hidden

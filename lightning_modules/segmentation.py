@@ -1,0 +1,168 @@
+"""Training and evaluation of a DeepLabV3+ network the paper's way."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import PolynomialLR
+
+from datamodules.dataset import sample_seed
+from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+
+from .components import DeepLabV3Plus
+from .inference import predict_probabilities
+from .metrics import SegmentationMetrics
+
+
+class SegmentationModule(L.LightningModule):
+    """Cross-entropy on logits at label size, SGD + poly LR per iteration, paper-protocol evaluation.
+
+    Args:
+        net: the network; its `output_stride` is the training output stride.
+        lr: base learning rate (paper: 0.007 at global batch 16; scale it yourself for other batches).
+        momentum, weight_decay: SGD settings (official code: 0.9 and 4e-5).
+        no_decay_bn_bias: exclude BN parameters and biases from weight decay.
+        poly_power: poly policy power, lr · (1 − step / max_steps)^power, stepped every iteration.
+        bn_momentum: BatchNorm momentum for every BN layer; 0.0003 is TF's decay 0.9997. None keeps 0.1.
+        freeze_bn: BN layers stay in eval mode with fixed parameters (the paper's OS8 second stage).
+        eval_output_stride: output stride for validate/test (None = the training output stride).
+        eval_scales / eval_flip: multi-scale inputs (0.5…1.75) and left-right flips, probabilities averaged.
+        channels_last: NHWC memory format (with bf16 this about doubles CPU speed on AMX machines).
+    """
+
+    def __init__(
+        self,
+        net: DeepLabV3Plus,
+        lr: float = 0.007,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        no_decay_bn_bias: bool = False,
+        poly_power: float = 0.9,
+        bn_momentum: float | None = None,
+        freeze_bn: bool = False,
+        eval_output_stride: int | None = None,
+        eval_scales: Sequence[float] = (1.0,),
+        eval_flip: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.train_output_stride = net.output_stride
+        self.eval_output_stride = eval_output_stride or net.output_stride
+        self.eval_scales = tuple(eval_scales)
+        self.eval_flip = eval_flip
+        if bn_momentum is not None:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
+        if freeze_bn:
+            for m in self._batchnorms():
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+
+    def _batchnorms(self) -> list[nn.Module]:
+        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> "SegmentationModule":
+        super().train(mode)
+        if mode and self.hparams.freeze_bn:
+            for m in self._batchnorms():
+                m.eval()
+        return self
+
+    # -- data and memory format -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        wanted = getattr(datamodule, "normalization", None)
+        if self.net.config.get("weights") and wanted is not None and wanted != self.net.normalization:
+            raise ValueError(
+                f"data.normalization={wanted!r} but the {self.net.config['backbone']} weights expect "
+                f"{self.net.normalization!r}: set data.normalization to {self.net.normalization!r}"
+            )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, masks = batch
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.long()
+
+    # -- training -----------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self.net.set_output_stride(self.train_output_stride)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Random draws in the step (dropout) depend only on (seed, step): a resumed run draws the same.
+        torch.manual_seed(sample_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), -2, self.global_step))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                (no_decay if hp.no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        scheduler = PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation (validate, test and evaluation from a checkpoint share this path) ----------------
+    def _eval_epoch_start(self) -> None:
+        self.net.set_output_stride(self.eval_output_stride)
+        self.metrics.reset()
+
+    def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
+        images, masks = batch
+        probs = predict_probabilities(self.net, images, self.eval_scales, self.eval_flip)
+        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=IGNORE_INDEX)
+        self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
+        preds = probs.argmax(dim=1)
+        self.metrics.update(preds, masks)
+        return {"preds": preds}
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        confmat = self.metrics.compute()
+        scores = SegmentationMetrics.scores(confmat)
+        self.log(f"{stage}/mIoU", scores["mIoU"].float())
+        self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())
+        for name, iou in zip(VOC_CLASSES, scores["iou"]):
+            if not torch.isnan(iou):
+                self.log(f"{stage}/iou/{name}", iou.float())
+        self.net.set_output_stride(self.train_output_stride)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
