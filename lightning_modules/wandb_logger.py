@@ -44,6 +44,10 @@ def run_id(save_dir: str | Path) -> str:
     return new_id
 
 
+#: metric → what the run summary keeps (W&B keeps the last value unless told otherwise)
+SUMMARIES = {"val/mIoU": "max", "val/pixel_accuracy": "max", "train/loss": "min"}
+
+
 class RunLogger(WandbLogger):
     """WandbLogger whose `save_dir` is the run directory: checkpoints, config, W&B files and run id.
 
@@ -61,3 +65,12 @@ class RunLogger(WandbLogger):
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, tags=tags, entity=entity,
                          job_type=job_type, log_model=log_model, offline=offline, id=run_id(save_dir),
                          resume="allow", **kwargs)
+
+    @property
+    def experiment(self):
+        run = WandbLogger.experiment.fget(self)
+        if rank_zero_only.rank == 0 and not getattr(self, "_summaries_defined", False):
+            for metric, summary in SUMMARIES.items():
+                run.define_metric(metric, summary=summary)
+            self._summaries_defined = True
+        return run

@@ -38,30 +38,29 @@ class Backbone(nn.Module):
 
         A unit that would stride once the target is reached runs at stride 1 with the current rate, and
         the rate is multiplied by its nominal stride for the units after it. With multi-grid, the units of
-        the last stage use rate × grid[i] (DeepLabv3 §3.2).
+        the last stage run at the stage's rate × grid[i]: (2, 4, 8) at output stride 16 (DeepLabv3 §3.2).
         """
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         current, rate = self.stem_stride, 1
-        grid = self._grid_for_units()
-        for i, (unit, nominal_stride) in enumerate(self.units):
+        settings = []
+        for _, nominal_stride in self.units:
             if current == output_stride:
-                self.set_unit_stride(unit, 1, rate * grid[i])
+                settings.append((1, rate))
                 rate *= nominal_stride
             else:
-                self.set_unit_stride(unit, nominal_stride, grid[i])
+                settings.append((nominal_stride, 1))
                 current *= nominal_stride
-        self.output_stride = output_stride
-
-    def _grid_for_units(self) -> list[int]:
-        grid = [1] * len(self.units)
         if self.multi_grid:
             last = self.last_stage_units()
             if len(last) != len(self.multi_grid):
                 raise ValueError(f"multi_grid {self.multi_grid} needs one rate per last-stage unit ({len(last)})")
-            for i, g in zip(last, self.multi_grid):
-                grid[i] = g
-        return grid
+            stage_rate = settings[last[-1]][1]
+            for i, grid in zip(last, self.multi_grid):
+                settings[i] = (settings[i][0], stage_rate * grid)
+        for (unit, _), (stride, dilation) in zip(self.units, settings):
+            self.set_unit_stride(unit, stride, dilation)
+        self.output_stride = output_stride
 
     def last_stage_units(self) -> list[int]:
         """Indices in `units` of the last stage (where multi-grid applies)."""

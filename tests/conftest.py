@@ -1,0 +1,29 @@
+"""Shared fixtures: a generated VOC-format tree (built once per session) and the repo root."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from datamodules import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory) -> Path:
+    """The generated dataset (VOC train 30, val 16, SBD-only 26): never modify it in a test."""
+    return synthetic.generate(tmp_path_factory.mktemp("voc"), seed=0)
+
+
+@pytest.fixture
+def voc_copy(voc_root, tmp_path) -> Path:
+    """A private copy of the generated dataset that a test may corrupt."""
+    import shutil
+
+    return Path(shutil.copytree(voc_root, tmp_path / "voc"))
