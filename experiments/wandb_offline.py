@@ -66,8 +66,8 @@ def _records(data: bytes):
 
 
 def read_run(path: str | Path) -> OfflineRun:
-    """Parse one `run-<id>.wandb` file."""
-    run = OfflineRun()
+    """Parse one `run-<id>.wandb` file (a process killed before wandb flushed leaves only the header)."""
+    run = OfflineRun(run_id=Path(path).stem.removeprefix("run-"))
     for data in _records(Path(path).read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)

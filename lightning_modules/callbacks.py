@@ -6,6 +6,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -157,3 +158,17 @@ class WandbPredictions(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module, "test")
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` always holds the final step.
+
+    Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with
+    `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
+    or resumed ablation rows would silently use stale weights.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)

@@ -50,7 +50,9 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
+        # `validate --ckpt_path ... --model.eval_scales ...` is not overridden by the checkpoint's values.
+        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip"])
         self.net = net
         self.train_output_stride = net.output_stride
         self.eval_output_stride = eval_output_stride or net.output_stride

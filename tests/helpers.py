@@ -1,0 +1,43 @@
+"""Callbacks and runners the training tests plug into the real CLI."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL the process when step `step` starts: an interruption with no clean shutdown."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    result = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"experiments.train {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -> list[str]:
+    """The quickstart config shrunk to seconds: 65×65 crops, batch 4, a few steps."""
+    overrides = {
+        "data.root": str(voc_root), "data.crop_size": "65", "data.batch_size": "4", "data.num_workers": "0",
+        "trainer.max_steps": str(max_steps), "trainer.val_check_interval": str(max_steps),
+        "trainer.limit_val_batches": "4", "trainer.log_every_n_steps": "1", "trainer.enable_progress_bar": "false",
+        "trainer.logger.init_args.save_dir": str(run_dir), **extra,
+    }
+    return ["--config", "experiments/configs/quickstart.yaml", *(f"--{k}={v}" for k, v in overrides.items())]

@@ -1,0 +1,201 @@
+"""Issue 4: the LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT
+from datamodules.voc_datamodule import VOCDataModule
+from experiments.wandb_offline import read_runs
+from helpers import run_cli, tiny_args
+from lightning_modules.checkpointing import resolve_ckpt_path
+from lightning_modules.components import DeepLabV3Plus
+from lightning_modules.inference import predict_probabilities
+from lightning_modules.metrics import SegmentationMetrics
+from lightning_modules.segmentation import SegmentationModule
+from lightning_modules.wandb_logger import wandb_offline
+
+
+def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=4))
+    (train_run,) = read_runs(run_dir)
+    assert train_run.job_type == "train" and train_run.tags == ["quickstart"]
+    assert train_run.config["git_commit"] and train_run.config["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert train_run.config["config"]["model"]["net"]["init_args"]["backbone"] == "mobilenet_v2"
+    (step, fit_miou), = train_run.metric("val/mIoU")
+    assert 0 <= fit_miou <= 1 and train_run.summary["val/mIoU"]["max"] == pytest.approx(fit_miou)
+    for key in ("speed/multiply_adds", "speed/parameters", "speed/train_images_per_s", "speed/eval_images_per_s",
+                "speed/eval_ms_per_image", "speed/peak_memory_mb", "train/loss", "lr-SGD"):
+        assert train_run.metric(key), key
+    assert any(k.startswith("val/iou/") for row in train_run.history for k in row)
+    media = {k.split("/")[1] for row in train_run.history for k in row if k.startswith("val/") and "/_type" in k}
+    assert media == {"predictions", "confusion_matrix"}
+    checkpoints = {p.name for p in run_dir.rglob("*.ckpt")}
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+
+    last = next(run_dir.rglob("last.ckpt"))
+    eval_dir = tmp_path / "eval"
+    run_cli("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
+            "--trainer.logger.init_args.job_type=eval")
+    (eval_run,) = read_runs(eval_dir)
+    assert eval_run.job_type == "eval"
+    assert eval_run.metric("val/mIoU")[0][1] == pytest.approx(fit_miou, abs=1e-6)
+
+    ms_dir = tmp_path / "eval-ms"
+    run_cli("validate", *tiny_args(voc_root, ms_dir), f"--ckpt_path={last}", "--model.eval_output_stride=8",
+            "--model.eval_scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "--model.eval_flip=true")
+    (ms_run,) = read_runs(ms_dir)
+    assert ms_run.metric("val/mIoU") and ms_run.summary["speed/multiply_adds"] > 12 * eval_run.summary["speed/multiply_adds"]
+
+
+RESUME_CONFIG = """
+trainer:
+  callbacks:
+    - class_path: lightning_modules.callbacks.StepCheckpoint
+      init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true, auto_insert_metric_name: false}}
+{kill}
+"""
+
+
+def test_exact_resume_after_a_kill_mid_epoch(voc_root, tmp_path):
+    """N + M steps in one run == N steps, SIGKILL, resume, M steps: same weights, same losses, same W&B run."""
+    n, total = 10, 18  # 56 trainaug samples / batch 4 = 14 steps per epoch: killed mid-epoch, resumed across it
+    common = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(RESUME_CONFIG.format(every=n, kill=""))
+    killed = tmp_path / "killed.yaml"
+    killed.write_text(RESUME_CONFIG.format(every=n, kill=textwrap.indent(
+        f"- class_path: helpers.KillAtStep\n  init_args: {{step: {n}}}", "    ")))
+
+    straight = tmp_path / "straight"
+    run_cli("fit", *tiny_args(voc_root, straight, total), *common, f"--config={plain}")
+    interrupted = tmp_path / "interrupted"
+    first = run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, f"--config={killed}", check=False)
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert [p.name for p in interrupted.rglob("step-*.ckpt")] == [f"step-{n}.ckpt"]
+    run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, f"--config={plain}", "--ckpt_path=last")
+
+    a = torch.load(next(straight.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    b = torch.load(next(interrupted.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == total
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
+
+    runs = read_runs(interrupted)  # one offline file per process, both of the same W&B run
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    losses_straight = dict(read_runs(straight)[0].metric("train/loss"))
+    assert sorted(losses_straight) == list(range(total))
+    # wandb-core buffers offline records: the SIGKILLed process may lose its unflushed tail, never the
+    # resumed one; every step logged by both processes is identical and none is repeated after resume
+    logged = runs[0].metric("train/loss") + runs[1].metric("train/loss")
+    assert [s for s, _ in runs[1].metric("train/loss")] == list(range(n, total))
+    assert len({s for s, _ in logged}) == len(logged)
+    assert all(loss == losses_straight[s] for s, loss in logged)
+
+
+def test_resume_falls_back_past_an_unreadable_checkpoint(tmp_path):
+    older, newer = tmp_path / "ckpt" / "step-10.ckpt", tmp_path / "ckpt" / "step-20.ckpt"
+    older.parent.mkdir()
+    torch.save({"global_step": 10}, older)
+    torch.save({"global_step": 20}, newer)
+    newer.write_bytes(newer.read_bytes()[:100])  # as if the node died mid-write without atomic rename
+    time.sleep(0.01)
+    newer.touch()
+    with pytest.warns(UserWarning, match="step-20.ckpt is unreadable"):
+        assert resolve_ckpt_path("last", tmp_path) == str(older)
+    assert resolve_ckpt_path("last", tmp_path / "empty") is None
+    assert resolve_ckpt_path("some/path.ckpt", tmp_path) == "some/path.ckpt"
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_no_truncated_file(tmp_path):
+    """Lightning writes checkpoints through an fsspec transaction (temp file, then rename): killing the
+    writer at any moment leaves the previous complete file, never a torn one."""
+    target = tmp_path / "last.ckpt"
+    script = textwrap.dedent(f"""
+        import torch
+        from lightning.fabric.utilities.cloud_io import _atomic_save
+        big = torch.randn(30_000_000)
+        i = 0
+        while True:
+            i += 1
+            _atomic_save({{"step": i, "weights": big}}, {str(target)!r})
+    """)
+    for delay in (1.0, 2.3):
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if target.exists():
+            with zipfile.ZipFile(target) as archive:
+                assert archive.testzip() is None
+            assert torch.load(target, weights_only=True)["step"] >= 1
+
+
+def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_offline()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert not wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_offline()
+
+
+def test_miou_from_one_confusion_matrix():
+    metric = SegmentationMetrics(num_classes=3, ignore_index=255)
+    metric.update(torch.tensor([0, 0, 1, 1, 2, 0]), torch.tensor([0, 1, 1, 1, 255, 0]))
+    metric.update(torch.tensor([2]), torch.tensor([2]))
+    scores = SegmentationMetrics.scores(metric.compute())
+    # class 0: tp 2, fp 1, fn 0 → 2/3; class 1: tp 2, fn 1 → 2/3; class 2: 1/1
+    assert scores["iou"].tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
+    assert scores["mIoU"].item() == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert scores["pixel_accuracy"].item() == pytest.approx(5 / 6)
+
+
+def test_multi_scale_and_flip_average_probabilities():
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 4, 3, padding=1)  # not left-right symmetric, so a flip changes its output
+    x = torch.randn(1, 3, 17, 23)
+    single = predict_probabilities(net, x)
+    assert torch.allclose(single, net(x).softmax(1))
+    flipped = predict_probabilities(net, x, flip=True)
+    assert torch.allclose(flipped, (net(x).softmax(1) + net(x.flip(-1)).flip(-1).softmax(1)) / 2, atol=1e-6)
+    ms = predict_probabilities(net, x, scales=(0.5, 1.0, 1.75), flip=True)
+    assert ms.shape == (1, 4, 17, 23) and torch.allclose(ms.sum(1), torch.ones(1, 17, 23))
+    assert not torch.allclose(ms, flipped)
+
+
+def test_frozen_bn_and_bn_momentum():
+    module = SegmentationModule(DeepLabV3Plus("mobilenet_v2"), freeze_bn=True, bn_momentum=0.0003)
+    module.train()
+    bns = [m for m in module.net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training and m.momentum == 0.0003 for m in bns)
+    assert all(not p.requires_grad for m in bns for p in m.parameters())
+    before = bns[0].running_mean.clone()
+    module.net(torch.randn(1, 3, 65, 65))  # batch 1 trains with frozen BN
+    assert torch.equal(before, bns[0].running_mean)
+
+
+def test_normalization_must_match_the_weights(voc_root, tmp_path):
+    import torchvision
+
+    weights = tmp_path / "mnv2.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
+    module = SegmentationModule(DeepLabV3Plus("mobilenet_v2", weights=str(weights)))
+    data = VOCDataModule(root=str(voc_root), normalization="inception", crop_size=65, batch_size=2, num_workers=0)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="data.normalization='inception'.*expect 'imagenet'"):
+        trainer.fit(module, data)
