@@ -110,7 +110,7 @@ def mark_done(job: Job) -> None:
     runs = read_runs(job.run_dir)
     summary = {"run_id": runs[-1].run_id if runs else None}
     if job.kind == "eval" and runs:
-        summary.update({k: runs[-1].summary.get(k) for k in (MIOU, MADDS)})
+        summary.update({k: values[-1][1] for k in (MIOU, MADDS) if (values := runs[-1].metric(k))})
     (job.run_dir / "done.json").write_text(json.dumps(summary, indent=1))
 
 
