@@ -16,7 +16,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.checkpointing import resolve_ckpt_path
@@ -57,6 +59,11 @@ class LogConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": self.config.as_dict(), **run_metadata()})
 
 
+def gpu_run(accelerator) -> bool:
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    return name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+
+
 class TrainCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -64,6 +71,10 @@ class TrainCLI(LightningCLI):
         # The logger's save_dir is the run directory; Lightning's own files (SLURM checkpoints) go there too.
         if logger and not isinstance(logger, bool) and "save_dir" in logger.init_args:
             config.trainer.default_root_dir = logger.init_args.save_dir
+        if config.trainer.sync_batchnorm and not gpu_run(config.trainer.accelerator):
+            # PyTorch's SyncBatchNorm runs only on GPUs (DDP refuses it on CPU modules)
+            rank_zero_info("trainer.sync_batchnorm is GPU-only in PyTorch: off for this CPU run")
+            config.trainer.sync_batchnorm = False
         if self.subcommand == "fit" and config.get("ckpt_path"):
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
 

@@ -41,3 +41,15 @@ def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -
         "trainer.logger.init_args.save_dir": str(run_dir), **extra,
     }
     return ["--config", "experiments/configs/quickstart.yaml", *(f"--{k}={v}" for k, v in overrides.items())]
+
+
+class RecordBatchNormTypes(L.Callback):
+    """Write the BatchNorm classes the trained model really uses (SyncBatchNorm under DDP) to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            names = sorted({type(m).__name__ for m in pl_module.modules() if "BatchNorm" in type(m).__name__})
+            Path(self.path).write_text("\n".join(names))
