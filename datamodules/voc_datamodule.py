@@ -84,6 +84,9 @@ class VOCDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         rank, world = self._rank_world()
         sampler = EpochSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world)
+        # On resume Lightning restores the loader's mid-epoch position (fast-forwarding the sampler)
+        # before it calls set_epoch: the sampler must already be in the restored epoch by then.
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         if len(sampler) < self.batch_size:
             raise ValueError(f"{self.hparams.train_split} has {len(sampler)} samples per process, fewer than "
                              f"data.batch_size={self.batch_size}")

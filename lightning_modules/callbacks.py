@@ -165,10 +165,14 @@ class StepCheckpoint(ModelCheckpoint):
 
     Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with
     `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
-    or resumed ablation rows would silently use stale weights.
+    or resumed ablation rows would silently use stale weights. A run stopped before `max_steps` (SLURM
+    requeue) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
+    exactly, and the requeue callback has already saved one at the step boundary.
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
+            return
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)

@@ -7,14 +7,16 @@ import subprocess
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class SlurmRequeue(L.Callback):
     """On SIGUSR1 (`#SBATCH --signal=USR1@<s>` before the time limit, or a preemption notice), finish the
-    running step, save `hpc_ckpt_<step>.ckpt` in the run directory, `scontrol requeue` the job and stop.
-    The requeued job runs the same command with `--ckpt_path last` and continues from that checkpoint.
+    running step, save `hpc_ckpt_<step>.ckpt` in the run directory and stop; once training has shut
+    down, close the W&B run (so its log is complete) and `scontrol requeue` the job. The requeued job
+    runs the same command with `--ckpt_path last` and continues from that checkpoint.
 
     Lightning's own auto-requeue saves from inside the signal handler, i.e. wherever the handler
     interrupts the step (even mid optimizer update), so its checkpoint does not resume exactly; the
@@ -25,6 +27,7 @@ class SlurmRequeue(L.Callback):
     def __init__(self, signum: int = int(signal.SIGUSR1)) -> None:
         self.signum = signum
         self.requested = False
+        self.requeue_pending = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if SLURMEnvironment.detect():
@@ -42,10 +45,16 @@ class SlurmRequeue(L.Callback):
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_info(f"Signal {self.signum}: saved {path} at step {trainer.global_step}")
-        if trainer.is_global_zero:
-            requeue()
         trainer.should_stop = True
-        self.requested = False
+        self.requested, self.requeue_pending = False, True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.requeue_pending or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish()  # the requeue kills this job: flush the run's log first
+        requeue()
 
 
 def requeue() -> None:

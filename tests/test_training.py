@@ -69,7 +69,8 @@ trainer:
 
 def test_exact_resume_after_a_kill_mid_epoch(voc_root, tmp_path):
     """N + M steps in one run == N steps, SIGKILL, resume, M steps: same weights, same losses, same W&B run."""
-    n, total = 10, 18  # 56 trainaug samples / batch 4 = 14 steps per epoch: killed mid-epoch, resumed across it
+    # 56 trainaug samples / batch 4 = 14 steps per epoch: killed in the middle of the second epoch
+    n, total = 18, 24
     common = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
     plain = tmp_path / "plain.yaml"
     plain.write_text(RESUME_CONFIG.format(every=n, kill=""))

@@ -1,0 +1,131 @@
+"""Issue 6 on a real SLURM (Debian's slurmctld/slurmd 22.05 + munge on loopback, started here):
+SIGUSR1 → checkpoint + requeue → exact resume; the ablation runner's `--launcher slurm`."""
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from experiments.wandb_offline import read_runs
+from helpers import run_cli, tiny_args
+
+HERE = Path(__file__).resolve().parent / "slurm"
+
+
+def _can_run_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to start munged/slurmctld/slurmd"
+    if shutil.which("slurmctld") is None:
+        if shutil.which("apt-get") is None:
+            return "SLURM is not installed and there is no apt-get to install it"
+        install = subprocess.run("apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge "
+                                 "|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                                 "slurmctld slurmd slurm-client munge)", shell=True, capture_output=True, text=True)
+        if install.returncode != 0:
+            return f"installing Debian's SLURM packages failed: {install.stderr[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = _can_run_slurm()
+    if reason:
+        pytest.skip(f"this machine cannot run the local SLURM: {reason}")
+    work = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", str(HERE / "start.sh"), str(work)], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "SLURM_CONF": str(work / "etc" / "slurm.conf"), "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true", "PYTHON": sys.executable, "PATH": f"{HERE}:{os.environ['PATH']}"}
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env
+    finally:
+        subprocess.run(["bash", str(HERE / "stop.sh"), str(work)], capture_output=True, timeout=120)
+        leftovers = subprocess.run("ps -eo cmd | grep -E '^(slurmctld|slurmd|slurmstepd|/usr/sbin/munged)' || true",
+                                   shell=True, capture_output=True, text=True).stdout
+        assert not leftovers.strip(), f"daemons left running: {leftovers}"
+
+
+def _squeue(env, job_id: str, fmt: str) -> str:
+    return subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", fmt], env=env, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_sigusr1_requeues_and_resumes_exactly(slurm, voc_root, tmp_path):
+    steps = 60
+    overrides = [f"--{a}" if not a.startswith("--") else a for a in tiny_args(voc_root, tmp_path / "job", steps)[2:]]
+    reference = tmp_path / "reference"
+    run_cli("fit", *tiny_args(voc_root, reference, steps), "--trainer.limit_val_batches=0")
+
+    log = tmp_path / "job.log"
+    t0 = time.time()
+    timeline = []
+
+    def mark(event: str) -> None:
+        timeline.append(f"{time.time() - t0:6.1f}s {event}")
+
+    submit = subprocess.run(["sbatch", "--parsable", f"--output={log}", f"--chdir={ROOT}", "--gpus-per-node=0",
+                             "--cpus-per-task=2", "--signal=B:USR1@5", "--time=10:00",
+                             str(ROOT / "experiments/slurm/train.sbatch"), "experiments/configs/quickstart.yaml",
+                             *overrides, "--trainer.limit_val_batches=0"],
+                            env=slurm, capture_output=True, text=True, check=True)
+    job_id = submit.stdout.strip()
+    mark(f"submitted job {job_id}")
+    deadline = time.time() + 300
+    while time.time() < deadline and "requeue on signal" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    mark("training started")
+    time.sleep(3)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=slurm, check=True)
+    mark("sent SIGUSR1 to the batch shell")
+    seen = set()
+    while time.time() < deadline:
+        state = _squeue(slurm, job_id, "%T")
+        if state not in seen:
+            seen.add(state)
+            mark(f"state {state}")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", ""):
+            break
+        time.sleep(0.3)
+    text = log.read_text()
+    print("\n".join(timeline))
+    print(text[-4000:])
+    assert _squeue(slurm, job_id, "%T") == "COMPLETED"
+    assert re.search(r"job \d+ restart 0 on", text) and re.search(r"job \d+ restart 1 on", text)
+    saved = re.search(r"saved (\S+hpc_ckpt_(\d+)\.ckpt) at step (\d+)", text)
+    assert saved and 0 < int(saved.group(3)) < steps
+    assert f"Resuming from {saved.group(1)}" in text
+
+    job_dir = tmp_path / "job"
+    a = torch.load(next(reference.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    b = torch.load(next(job_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert b["global_step"] == steps
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    runs = read_runs(job_dir)
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    assert [s for s, _ in runs[0].metric("train/loss")] == list(range(int(saved.group(3))))
+    assert [s for s, _ in runs[1].metric("train/loss")] == list(range(int(saved.group(3)), steps))
+
+
+def test_ablation_runner_on_slurm_matches_local(slurm, voc_root, tmp_path):
+    def table(launcher: str, out: Path) -> subprocess.CompletedProcess:
+        env = {**slurm, "ABLATION_SLURM_GPUS": "0", "ABLATION_SLURM_CPUS": "1", "ABLATION_SLURM_TIMEOUT_MIN": "30"}
+        return subprocess.run([sys.executable, "-m", "ablations.table1_decoder_channels", "--profile", "smoke",
+                               "--rows", "proj8,proj48", "--data-root", str(voc_root), "--out", str(out),
+                               "--launcher", launcher], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    local = table("local", tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_slurm = table("slurm", tmp_path / "slurm")
+    assert on_slurm.returncode == 0, on_slurm.stdout[-3000:] + on_slurm.stderr[-3000:]
+    assert "submitted 2 SLURM jobs" in on_slurm.stdout
+    for name in ("table1_decoder_channels-smoke.csv", "table1_decoder_channels-smoke.md"):
+        assert filecmp.cmp(tmp_path / "local" / name, tmp_path / "slurm" / name, shallow=False), name
