@@ -71,6 +71,10 @@ class TrainCLI(LightningCLI):
         # The logger's save_dir is the run directory; Lightning's own files (SLURM checkpoints) go there too.
         if logger and not isinstance(logger, bool) and "save_dir" in logger.init_args:
             config.trainer.default_root_dir = logger.init_args.save_dir
+        if config.trainer.enable_progress_bar is False and config.trainer.callbacks:
+            # Lightning refuses a progress-bar callback when the bar is off (SLURM logs, ablation runs)
+            config.trainer.callbacks = [c for c in config.trainer.callbacks
+                                        if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
         if config.trainer.sync_batchnorm and not gpu_run(config.trainer.accelerator):
             # PyTorch's SyncBatchNorm runs only on GPUs (DDP refuses it on CPU modules)
             rank_zero_info("trainer.sync_batchnorm is GPU-only in PyTorch: off for this CPU run")

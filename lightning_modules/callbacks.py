@@ -1,12 +1,13 @@
 """Callbacks that put speed and pictures next to mIoU in every run."""
 from __future__ import annotations
 
+import datetime
 import resource
 import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -176,3 +177,23 @@ class StepCheckpoint(ModelCheckpoint):
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar (per epoch) plus what a step-budgeted run needs: the global step out of
+    `max_steps` and the time left for the whole run."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._t0, self._step0 = time.perf_counter(), trainer.global_step
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if trainer.training and trainer.max_steps > 0:
+            items["step"] = f"{trainer.global_step}/{trainer.max_steps}"
+            done = trainer.global_step - getattr(self, "_step0", trainer.global_step)
+            if done > 0:
+                left = (time.perf_counter() - self._t0) / done * (trainer.max_steps - trainer.global_step)
+                items["eta"] = str(datetime.timedelta(seconds=int(left)))
+        return items

@@ -103,8 +103,10 @@ class SegmentationModule(L.LightningModule):
         self.net.set_output_stride(self.train_output_stride)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Random draws in the step (dropout) depend only on (seed, step): a resumed run draws the same.
-        torch.manual_seed(sample_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), -2, self.global_step))
+        # Random draws in the step (dropout) depend only on (seed, rank, step): a resumed run draws the
+        # same numbers, and each DDP process its own.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(sample_seed(seed, -2 - self.global_rank, self.global_step))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch

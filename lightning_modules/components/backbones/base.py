@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -102,6 +103,17 @@ def set_conv_stride(conv: nn.Conv2d, stride: int, dilation: int) -> None:
     if conv.kernel_size[0] > 1:
         conv.dilation = (dilation, dilation)
         conv.padding = (dilation * (conv.kernel_size[0] - 1) // 2,) * 2
+
+
+def torchvision_weights(name: str, weights: str | None, enum: type[Enum]) -> Enum | None:
+    """The torchvision weights enum member called `weights`, or None for a file path or no weights."""
+    if not weights or is_weights_file(weights):
+        return None
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ValueError(f"unknown {name} weights {weights!r}: use one of {[w.name for w in enum]} "
+                         "or a path to a saved state dict") from None
 
 
 def is_weights_file(weights: str) -> bool:

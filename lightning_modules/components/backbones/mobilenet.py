@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2, MobileNet_V2_Weights
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from .base import Backbone, is_weights_file, set_conv_stride
+from .base import Backbone, set_conv_stride, torchvision_weights
 
 # One-based TF layer numbers of the decoder taps: layer_4 (stride 4) and layer_7 (stride 8)
 # "depthwise_output" (spec §6.5); torchvision's `features[i]` is TF's layer_{i+1}.
@@ -23,15 +23,7 @@ class MobileNetV2Backbone(Backbone):
 
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()
-        enum_weights = None
-        if weights and not is_weights_file(weights):
-            try:
-                enum_weights = MobileNet_V2_Weights[weights]
-            except KeyError:
-                raise ValueError(
-                    f"unknown mobilenet_v2 weights {weights!r}: use one of "
-                    f"{[w.name for w in MobileNet_V2_Weights]} or a path to a saved state dict"
-                ) from None
+        enum_weights = torchvision_weights("mobilenet_v2", weights, MobileNet_V2_Weights)
         self.body = mobilenet_v2(weights=enum_weights)
         del self.body.classifier
         self.body.features = self.body.features[:18]

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import Bottleneck
 
-from .base import Backbone, is_weights_file, set_conv_stride
+from .base import Backbone, set_conv_stride, torchvision_weights
 
 _BUILDERS = {
     "resnet50": (resnet.resnet50, resnet.ResNet50_Weights),
@@ -32,15 +32,7 @@ class ResNetBackbone(Backbone):
         if name not in _BUILDERS:
             raise ValueError(f"ResNet depth must be 50 or 101, got {depth}")
         build, weight_enum = _BUILDERS[name]
-        enum_weights = None
-        if weights and not is_weights_file(weights):
-            try:
-                enum_weights = weight_enum[weights]
-            except KeyError:
-                raise ValueError(
-                    f"unknown {name} weights {weights!r}: use one of {[w.name for w in weight_enum]} "
-                    "or a path to a saved state dict"
-                ) from None
+        enum_weights = torchvision_weights(name, weights, weight_enum)
         self.body = build(weights=enum_weights)
         del self.body.fc, self.body.avgpool
         if weights and enum_weights is None:
