@@ -58,14 +58,11 @@ class SegmentationModule(L.LightningModule):
         self.eval_output_stride = eval_output_stride or net.output_stride
         self.eval_scales = tuple(eval_scales)
         self.eval_flip = eval_flip
-        if bn_momentum is not None:
-            for m in self.net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = bn_momentum
-        if freeze_bn:
-            for m in self._batchnorms():
-                for p in m.parameters():
-                    p.requires_grad_(False)
+        for m in self._batchnorms():
+            if bn_momentum is not None:
+                m.momentum = bn_momentum
+            if freeze_bn:
+                m.requires_grad_(False)
         self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
 
     def _batchnorms(self) -> list[nn.Module]:

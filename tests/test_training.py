@@ -6,14 +6,12 @@ import sys
 import textwrap
 import time
 import zipfile
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT
 from datamodules.voc_datamodule import VOCDataModule
 from experiments.wandb_offline import read_runs
 from helpers import run_cli, tiny_args

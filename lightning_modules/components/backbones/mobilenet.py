@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision.models import mobilenet_v2, MobileNet_V2_Weights
 from torchvision.models.mobilenetv2 import InvertedResidual
 
