@@ -189,11 +189,11 @@ class Runner:
         return [self.train_job(k, r) for k, r in self.trainings().items()]
 
     def run(self, launcher: str = "local") -> None:
-        train_jobs = [j for j in self.jobs() if not j.done]
-        for job in self.jobs():
+        train_jobs = self.jobs()
+        for job in train_jobs:
             if job.done:
                 print(f"[train] {job.run_dir} finished earlier, skipped", flush=True)
-        launch(train_jobs, launcher, self.work / "slurm")
+        launch([j for j in train_jobs if not j.done], launcher, self.work / "slurm")
         eval_jobs = [self.eval_job(r) for r in self.rows()]
         launch([j for j in eval_jobs if not j.done], launcher, self.work / "slurm")
 

@@ -38,9 +38,9 @@ class XceptionBackbone(Backbone):
 
     @staticmethod
     def set_unit_stride(unit: XceptionModule, stride: int, dilation: int) -> None:
-        for sep in (unit.stack.conv1, unit.stack.conv2, unit.stack.conv3):
-            set_conv_stride(sep.conv_dw, 1, dilation)
-        set_conv_stride(unit.stack.conv3.conv_dw, stride, dilation)
+        # only the third separable conv strides; all three share the unit's rate (official xception_module)
+        for sep, sep_stride in ((unit.stack.conv1, 1), (unit.stack.conv2, 1), (unit.stack.conv3, stride)):
+            set_conv_stride(sep.conv_dw, sep_stride, dilation)
         if unit.shortcut is not None:
             unit.shortcut.conv.stride = (stride, stride)
 
