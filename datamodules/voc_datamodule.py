@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -22,7 +23,8 @@ class VOCDataModule(L.LightningDataModule):
         generate: write the generated VOC-format dataset (`datamodules.synthetic`) to `root` if it does
             not exist yet — for the quickstart and tests, never for real data.
         normalization: "imagenet" or "inception"; must match the backbone's weights (checked at fit).
-        batch_size: per device; the paper's global batch is 16 (BN statistics need it).
+        batch_size: the **global** batch (the paper's 16: BN statistics need it), split evenly over the
+            processes (devices × nodes); it must divide by their number.
         val_batch_size: 1 (the official setting), or more with padding labelled 255.
         seed: shuffling and augmentation depend only on (seed, epoch, index).
     """
@@ -36,12 +38,12 @@ class VOCDataModule(L.LightningDataModule):
         generate: bool = False,
         crop_size: int = 513,
         scale_range: tuple[float, float] = (0.5, 2.0),
-        scale_step: float | None = None,
+        scale_step: float | None = 0.25,
         flip_prob: float = 0.5,
         normalization: str = "imagenet",
         batch_size: int = 16,
         val_batch_size: int = 1,
-        num_workers: int = 4,
+        num_workers: int = 8,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
@@ -66,8 +68,25 @@ class VOCDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    @property
+    def per_process_batch_size(self) -> int:
+        """`batch_size` / number of processes: what one DataLoader yields per step."""
+        _, world = self._rank_world()
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} is the global batch and must divide evenly over "
+                             f"{world} processes (devices × nodes); use a multiple of {world}")
+        return self.batch_size // world
+
     def setup(self, stage: str) -> None:
         hp = self.hparams
+        if stage == "fit":
+            per_process = self.per_process_batch_size
+            rank_zero_info(f"batch: {self.batch_size} global = {per_process} per process × "
+                           f"{self._rank_world()[1]} processes")
+            if self.trainer is not None:
+                for logger in self.trainer.loggers:
+                    logger.log_hyperparams({"global_batch_size": self.batch_size,
+                                            "per_process_batch_size": per_process})
         if stage == "fit":
             samples = list_split(self.root, hp.train_split, self.sbd_root)
             transform = train_transform(hp.crop_size, tuple(hp.scale_range), hp.scale_step, hp.flip_prob, self.normalization)
@@ -87,11 +106,12 @@ class VOCDataModule(L.LightningDataModule):
         # On resume Lightning restores the loader's mid-epoch position (fast-forwarding the sampler)
         # before it calls set_epoch: the sampler must already be in the restored epoch by then.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        if len(sampler) < self.batch_size:
+        batch_size = self.per_process_batch_size
+        if len(sampler) < batch_size:
             raise ValueError(f"{self.hparams.train_split} has {len(sampler)} samples per process, fewer than "
-                             f"data.batch_size={self.batch_size}")
+                             f"the per-process batch {batch_size} (data.batch_size={self.batch_size} over {world})")
         # StatefulDataLoader: Lightning saves its position in the checkpoint and resumes mid-epoch
-        return StatefulDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+        return StatefulDataLoader(self.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                                   **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -14,8 +15,28 @@ from datamodules.dataset import sample_seed
 from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 from .components import DeepLabV3Plus
+from .components.protocol import PAPER_CROP, protocol_from
 from .inference import predict_probabilities
 from .metrics import SegmentationMetrics
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def decayed_parameters(net: nn.Module, which: str) -> set[int]:
+    """ids of the parameters that get weight decay. "conv_weights" is the official choice: TF-slim puts
+    an L2 regulariser on conv and fully-connected weights only — not on BN γ/β, biases, or depthwise
+    weights (`regularize_depthwise=False` in Xception; no regulariser on ASPP/decoder depthwise convs)."""
+    if which == "all":
+        return {id(p) for p in net.parameters()}
+    if which != "conv_weights":
+        raise ValueError(f"model.weight_decay_params must be 'conv_weights' or 'all', got {which!r}")
+    return {id(m.weight) for m in net.modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and not _is_depthwise(m))}
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels
 
 
 class SegmentationModule(L.LightningModule):
@@ -24,14 +45,21 @@ class SegmentationModule(L.LightningModule):
     Args:
         net: the network; its `output_stride` is the training output stride.
         lr: base learning rate (paper: 0.007 at global batch 16; scale it yourself for other batches).
-        momentum, weight_decay: SGD settings (official code: 0.9 and 4e-5).
-        no_decay_bn_bias: exclude BN parameters and biases from weight decay.
+        momentum, weight_decay: SGD settings (official code: 0.9; 1e-4 for ResNet, 4e-5 for Xception and
+            MobileNetV2).
+        weight_decay_params: "conv_weights" (official): decay on the weights of dense convolutions and
+            linear layers only — not on BN γ/β, biases, or depthwise convolutions (TF-slim regularises
+            none of those: `regularize_depthwise=False`); "all": every parameter.
         poly_power: poly policy power, lr · (1 − step / max_steps)^power, stepped every iteration.
         bn_momentum: BatchNorm momentum for every BN layer; 0.0003 is TF's decay 0.9997. None keeps 0.1.
-        freeze_bn: BN layers stay in eval mode with fixed parameters (the paper's OS8 second stage).
-        eval_output_stride: output stride for validate/test (None = the training output stride).
-        eval_scales / eval_flip: multi-scale inputs (0.5…1.75) and left-right flips, probabilities averaged.
-        channels_last: NHWC memory format (with bf16 this about doubles CPU speed on AMX machines).
+        freeze_bn: BN statistics stay fixed (eval-mode BN) while γ/β keep training — the official
+            `fine_tune_batch_norm=False` of the paper's OS8 second stage.
+        freeze_bn_affine: with `freeze_bn`, freeze γ/β too.
+        eval_output_stride, eval_scales, eval_flip, eval_canvas: the evaluation protocol
+            (`components.protocol.EvalProtocol`): output stride (None = the training one), multi-scale
+            inputs (0.5…1.75), left-right flips, and the aligned canvas images are pasted into (513×513
+            for VOC, the official `eval_crop_size`; None = the smallest aligned size per image).
+        channels_last: NHWC memory format (with bf16 this about doubles speed on GPUs and AMX CPUs).
     """
 
     def __init__(
@@ -39,34 +67,35 @@ class SegmentationModule(L.LightningModule):
         net: DeepLabV3Plus,
         lr: float = 0.007,
         momentum: float = 0.9,
-        weight_decay: float = 4e-5,
-        no_decay_bn_bias: bool = False,
+        weight_decay: float = 1e-4,
+        weight_decay_params: Literal["conv_weights", "all"] = "conv_weights",
         poly_power: float = 0.9,
-        bn_momentum: float | None = None,
+        bn_momentum: float | None = 0.0003,
         freeze_bn: bool = False,
+        freeze_bn_affine: bool = False,
         eval_output_stride: int | None = None,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
+        eval_canvas: int | tuple[int, int] | None = (PAPER_CROP, PAPER_CROP),
         channels_last: bool = False,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
         # `validate --ckpt_path ... --model.eval_scales ...` is not overridden by the checkpoint's values.
-        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip"])
+        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip", "eval_canvas"])
         self.net = net
         self.train_output_stride = net.output_stride
-        self.eval_output_stride = eval_output_stride or net.output_stride
-        self.eval_scales = tuple(eval_scales)
-        self.eval_flip = eval_flip
+        self.eval_protocol = protocol_from(eval_output_stride, eval_scales, eval_flip, eval_canvas).resolve(
+            net.output_stride)
         for m in self._batchnorms():
             if bn_momentum is not None:
                 m.momentum = bn_momentum
-            if freeze_bn:
+            if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
         self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
 
     def _batchnorms(self) -> list[nn.Module]:
-        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return [m for m in self.net.modules() if isinstance(m, _BATCHNORMS)]
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         super().train(mode)
@@ -79,6 +108,8 @@ class SegmentationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        for logger in self.loggers:
+            logger.log_hyperparams({"eval_protocol": self.eval_protocol.as_dict()})
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -114,26 +145,24 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (no_decay if hp.no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        decay = decayed_parameters(self.net, hp.weight_decay_params)
+        groups = [{"name": "decay", "weight_decay": hp.weight_decay,
+                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) in decay]},
+                  {"name": "no_decay", "weight_decay": 0.0,
+                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in decay]}]
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=hp.lr, momentum=hp.momentum, foreach=True)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         scheduler = PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation (validate, test and evaluation from a checkpoint share this path) ----------------
     def _eval_epoch_start(self) -> None:
-        self.net.set_output_stride(self.eval_output_stride)
+        self.net.set_output_stride(self.eval_protocol.output_stride)
         self.metrics.reset()
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
-        probs = predict_probabilities(self.net, images, self.eval_scales, self.eval_flip)
+        probs = predict_probabilities(self.net, images, self.eval_protocol)
         loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=IGNORE_INDEX)
         self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
         preds = probs.argmax(dim=1)
