@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components.complexity import scale_dimension
+from .components.protocol import scale_dimension
 
 
 def predict_probabilities(net: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
