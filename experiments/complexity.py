@@ -17,7 +17,7 @@ import sys
 from experiments.config import compose, eval_protocol, net_kwargs
 from experiments.paper import TABLE3, TABLE5, Table
 from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost,
-                                                     resnet_beta_multiply_adds_tf)
+                                                     protocol_multiply_adds)
 
 
 def config_cost(config: dict) -> dict:
@@ -47,7 +47,7 @@ def table_rows(table: Table, explain_layout: bool = False) -> list[dict]:
                  "relative_difference": round(cost["multiply_adds_billions"] / paper - 1, 4),
                  "parameters_millions": round(cost["parameters_millions"], 2)}
         if explain_layout:
-            beta = resnet_beta_multiply_adds_tf(net_kwargs(config), eval_protocol(config))
+            beta = protocol_multiply_adds(net_kwargs(config), eval_protocol(config), layout="resnet_beta").tf / 1e9
             entry["resnet_beta_multiply_adds_tf_billions"] = round(beta, 2)
             entry["relative_difference_resnet_beta_tf"] = round(beta / paper - 1, 4)
             entry["layout_share_of_residual"] = round((beta - cost["multiply_adds_tf_billions"])

@@ -50,6 +50,11 @@ def space_to_batch_size(size: int, rate: int) -> int:
     return rate * math.ceil(size / rate)
 
 
+def plain_conv_flop(x_shape, w_shape, bias, stride, padding, dilation, transposed, *args, out_shape, **kwargs) -> int:
+    """FLOPs of a convolution as executed here: torch's own formula, on the conv's output grid."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed)
+
+
 def tf_conv_flop(x_shape, w_shape, bias, stride, padding, dilation, transposed, *args, out_shape, **kwargs) -> int:
     """FLOPs of a convolution as tfprof counts TF's graph (a `FlopCounterMode` formula for aten.convolution).
 
@@ -65,16 +70,22 @@ def _no_flops(*args, **kwargs) -> int:
     return 0
 
 
+def _by_overload(formulas: dict) -> dict:
+    """FLOP formulas keyed by op packet and by each of its overloads: `FlopCounterMode` looks a formula up
+    by packet, but first tries to decompose every op whose *overload* it does not know — into primitives
+    on the meta device, which made counting several times slower."""
+    return {op: formula for packet, formula in formulas.items()
+            for op in (packet, *(getattr(packet, name) for name in packet.overloads()))}
+
+
 #: Element-wise, normalisation, resizing and pooling ops of these networks: zero FLOPs in both counts, as
-#: torch's counter has them. Named (packet and overloads: the counter checks the overload) so the counter
-#: does not decompose them into primitives in search of matmuls, which made counting five times slower.
-#: tfprof counts `Add`, `Mean` and `MaxPool` at about one FLOP per element (under 0.05% here) and
-#: `FusedBatchNorm`, `Relu`, `ResizeBilinear`, `ConcatV2` not at all.
-_UNCOUNTED = {op: _no_flops for packet in (
-    aten.native_batch_norm, aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.add, aten.add_,
-    aten.upsample_bilinear2d, aten.cat, aten.mean, aten.max_pool2d_with_indices)
-    for op in (packet, *(getattr(packet, name) for name in packet.overloads()))}
-_TF_CONVOLUTION = {aten.convolution: tf_conv_flop, aten._convolution: tf_conv_flop}
+#: in torch's counter. tfprof counts `Add`, `Mean` and `MaxPool` at about one FLOP per element (under
+#: 0.05% of these networks) and `FusedBatchNorm`, `Relu`, `ResizeBilinear`, `ConcatV2` not at all.
+_UNCOUNTED = dict.fromkeys((aten.native_batch_norm, aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.add,
+                            aten.add_, aten.upsample_bilinear2d, aten.cat, aten.mean, aten.max_pool2d_with_indices,
+                            aten.empty), _no_flops)
+PLAIN_FORMULAS = _by_overload({**_UNCOUNTED, aten.convolution: plain_conv_flop, aten._convolution: plain_conv_flop})
+TF_FORMULAS = _by_overload({**_UNCOUNTED, aten.convolution: tf_conv_flop, aten._convolution: tf_conv_flop})
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ def count_multiply_adds(net: nn.Module, size: tuple[int, int] = (PAPER_CROP, PAP
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
-    plain = FlopCounterMode(display=False, custom_mapping=_UNCOUNTED)
-    tf = FlopCounterMode(display=False, custom_mapping={**_UNCOUNTED, **_TF_CONVOLUTION})
+    plain = FlopCounterMode(display=False, custom_mapping=PLAIN_FORMULAS)
+    tf = FlopCounterMode(display=False, custom_mapping=TF_FORMULAS)
     with plain, tf, torch.no_grad():
         for s in scales:
             net(torch.empty(1, 3, *(scale_dimension(d, s) for d in size), device=device))
@@ -123,7 +134,9 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
 # -- the cost of a configuration, cached: the ablation plans count many rows that share their network --------
 
 def _config_key(net_config: dict) -> str:
-    return json.dumps({**net_config, "weights": None}, sort_keys=True, default=list)
+    """The network's architecture: weights never matter, and the output stride is the protocol's."""
+    architecture = {k: v for k, v in net_config.items() if k not in ("weights", "output_stride")}
+    return json.dumps(architecture, sort_keys=True, default=list)
 
 
 def _drop_batch_norm(module: nn.Module) -> None:
@@ -159,7 +172,16 @@ def _input_cost(config_key: str, layout: str, output_stride: int, size: tuple[in
     return count_multiply_adds(net, size)
 
 
-def _protocol_multiply_adds(net_config: dict, protocol: EvalProtocol, layout: str) -> MultiplyAdds:
+def protocol_multiply_adds(net_config: dict, protocol: EvalProtocol, layout: str = "ours") -> MultiplyAdds:
+    """Multiply-Adds (plain and TF-graph) of scoring one image with `protocol` on its canvas (513×513, the
+    paper's counting size; a protocol without a canvas is counted on 513×513).
+
+    `net_config`: `DeepLabV3Plus` constructor arguments (its `.config`, or the config file's
+    `model.net.init_args`); weights are never loaded. `layout="resnet_beta"` counts the same network with
+    the official ResNet beta layout in place of torchvision's (`backbones/resnet_beta.py`, a counting aid:
+    how much of a ResNet row's gap to the paper is the backbone layout). Cached per (network, layout,
+    output stride, input size): a table's rows share most of their inputs.
+    """
     protocol = protocol.resolve(net_config.get("output_stride", 16))
     canvas = protocol.canvas or (PAPER_CROP, PAPER_CROP)
     key = _config_key(net_config)
@@ -170,20 +192,9 @@ def _protocol_multiply_adds(net_config: dict, protocol: EvalProtocol, layout: st
 
 
 def protocol_cost(net_config: dict, protocol: EvalProtocol) -> dict[str, float]:
-    """`speed/multiply_adds` (plain) and `speed/multiply_adds_tf` (TF graph), billions, of scoring one image
-    with `protocol` on its canvas (513×513, the paper's counting size; a protocol without a canvas is
-    counted on 513×513), and `speed/parameters` in millions.
-
-    `net_config`: `DeepLabV3Plus` constructor arguments (its `.config`, or the config file's
-    `model.net.init_args`); weights are never loaded. Cached per (network, output stride, input size).
-    """
-    madds = _protocol_multiply_adds(net_config, protocol, "ours")
+    """The `speed/*` cost metrics of a run: `speed/multiply_adds` (plain) and `speed/multiply_adds_tf`
+    (TF graph, the paper's convention) in billions for one image under `protocol` (see
+    `protocol_multiply_adds`), and `speed/parameters` in millions."""
+    madds = protocol_multiply_adds(net_config, protocol)
     return {MULTIPLY_ADDS: madds.plain / 1e9, MULTIPLY_ADDS_TF: madds.tf / 1e9,
             PARAMETERS: _counting_net(_config_key(net_config), "ours")[1] / 1e6}
-
-
-def resnet_beta_multiply_adds_tf(net_config: dict, protocol: EvalProtocol) -> float:
-    """TF-graph Multiply-Adds (billions) of the same network with the official "ResNet-101 beta" layout in
-    place of torchvision's (`backbones/resnet_beta.py`): how much of a ResNet row's remaining gap to the
-    paper is the backbone layout. A counting aid; there are no weights for that layout here."""
-    return _protocol_multiply_adds(net_config, protocol, "resnet_beta").tf / 1e9
