@@ -16,8 +16,8 @@ import sys
 
 from experiments.config import compose, eval_protocol, net_kwargs
 from experiments.paper import TABLE3, TABLE5, Table
-from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost,
-                                                     protocol_multiply_adds)
+from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, network_parameters,
+                                                     protocol_cost, protocol_multiply_adds)
 
 
 def config_cost(config: dict) -> dict:
@@ -48,6 +48,7 @@ def table_rows(table: Table, explain_layout: bool = False) -> list[dict]:
                  "parameters_millions": round(cost["parameters_millions"], 2)}
         if explain_layout:
             beta = protocol_multiply_adds(net_kwargs(config), eval_protocol(config), layout="resnet_beta").tf / 1e9
+            entry["resnet_beta_parameters_millions"] = round(network_parameters(net_kwargs(config), "resnet_beta") / 1e6, 2)
             entry["resnet_beta_multiply_adds_tf_billions"] = round(beta, 2)
             entry["relative_difference_resnet_beta_tf"] = round(beta / paper - 1, 4)
             entry["layout_share_of_residual"] = round((beta - cost["multiply_adds_tf_billions"])
@@ -71,21 +72,33 @@ def print_paper_tables(rows: list[dict]) -> None:
           "TF: ours counted the same way\n(atrous convs on their space-to-batch padding); plain: what this PyTorch "
           "code executes. Table 3 also counts the official ResNet-101 beta layout\n(3×3 stem, stride in the last "
           "unit; a counting aid) the TF way: 'layout' is the share of the TF residual it accounts for.\n")
-    print(f"{'table':<6} {'#':>2} {'row':<36} {'paper':>9} {'TF':>9} {'Δ':>6} {'plain':>9} {'Δ':>6} {'params':>7}"
-          f" │ {'beta TF':>9} {'Δ':>6} {'layout':>6}")
+    print(f"{'table':<6} {'#':>2} {'row':<38} {'paper':>9} {'TF':>9} {'Δ':>6} {'plain':>9} {'Δ':>6} {'params':>7}"
+          f" │ {'beta TF':>9} {'Δ':>6} {'layout':>6} {'params':>7}")
     for r in rows:
-        line = (f"{r['table']:<6} {r['index']:>2} {r['row']:<36} {r['paper_multiply_adds_billions']:>9.2f} "
+        line = (f"{r['table']:<6} {r['index']:>2} {r['row']:<38} {r['paper_multiply_adds_billions']:>9.2f} "
                 f"{r['ours_multiply_adds_tf_billions']:>9.2f} {100 * r['relative_difference_tf']:>+5.1f}% "
                 f"{r['ours_multiply_adds_billions']:>9.2f} {100 * r['relative_difference']:>+5.1f}% "
                 f"{r['parameters_millions']:>6.2f}M")
         if "layout_share_of_residual" in r:
             line += (f" │ {r['resnet_beta_multiply_adds_tf_billions']:>9.2f} "
-                     f"{100 * r['relative_difference_resnet_beta_tf']:>+5.1f}% {100 * r['layout_share_of_residual']:>5.0f}%")
+                     f"{100 * r['relative_difference_resnet_beta_tf']:>+5.1f}% {100 * r['layout_share_of_residual']:>5.0f}% "
+                     f"{r['resnet_beta_parameters_millions']:>6.2f}M")
         print(line)
     paper = 2435.37 / 276.18
     tf, plain = (multi_scale_factor(rows, f"ours_multiply_adds{k}_billions") for k in ("_tf", ""))
     print(f"\nMulti-scale factor (Table 3, eval OS8, MS ÷ single scale): paper {paper:.3f}, "
           f"TF {tf:.3f} ({100 * (tf / paper - 1):+.1f}%), plain {plain:.3f} ({100 * (plain / paper - 1):+.1f}%).")
+    t3 = {r["row"]: r for r in rows if r["table"] == "table3"}
+
+    def decoder_cost(eval_os: int, key: str) -> float:
+        return t3[f"train16-eval{eval_os}-dec"][key] - t3[f"train16-eval{eval_os}"][key]
+
+    print(f"Table 3 eval OS16 + decoder (rows 5, 13): the paper's decoder increment at eval OS16 is "
+          f"{decoder_cost(16, 'paper_multiply_adds_billions'):.2f}B, at OS8 "
+          f"{decoder_cost(8, 'paper_multiply_adds_billions'):.2f}B; the decoder costs "
+          f"{decoder_cost(16, 'ours_multiply_adds_tf_billions'):.2f}B here (TF count), so the beta layout "
+          f"overshoots those two rows. The beta layout's 58.16M parameters (no decoder) are the MobileNetV2 paper's "
+          f"figure for this DeepLabv3 ResNet-101 (its Table 7).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,4 +197,9 @@ def protocol_cost(net_config: dict, protocol: EvalProtocol) -> dict[str, float]:
     `protocol_multiply_adds`), and `speed/parameters` in millions."""
     madds = protocol_multiply_adds(net_config, protocol)
     return {MULTIPLY_ADDS: madds.plain / 1e9, MULTIPLY_ADDS_TF: madds.tf / 1e9,
-            PARAMETERS: _counting_net(_config_key(net_config), "ours")[1] / 1e6}
+            PARAMETERS: network_parameters(net_config) / 1e6}
+
+
+def network_parameters(net_config: dict, layout: str = "ours") -> int:
+    """Parameters of the network (`layout` as in `protocol_multiply_adds`)."""
+    return _counting_net(_config_key(net_config), layout)[1]
