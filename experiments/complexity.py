@@ -47,8 +47,9 @@ def table_rows(table: Table, explain_layout: bool = False) -> list[dict]:
                  "relative_difference": round(cost["multiply_adds_billions"] / paper - 1, 4),
                  "parameters_millions": round(cost["parameters_millions"], 2)}
         if explain_layout:
-            beta = protocol_multiply_adds(net_kwargs(config), eval_protocol(config), layout="resnet_beta").tf / 1e9
-            entry["resnet_beta_parameters_millions"] = round(network_parameters(net_kwargs(config), "resnet_beta") / 1e6, 2)
+            net, protocol = net_kwargs(config), eval_protocol(config)
+            beta = protocol_multiply_adds(net, protocol, layout="resnet_beta").tf / 1e9
+            entry["resnet_beta_parameters_millions"] = round(network_parameters(net, "resnet_beta") / 1e6, 2)
             entry["resnet_beta_multiply_adds_tf_billions"] = round(beta, 2)
             entry["relative_difference_resnet_beta_tf"] = round(beta / paper - 1, 4)
             entry["layout_share_of_residual"] = round((beta - cost["multiply_adds_tf_billions"])
@@ -81,8 +82,8 @@ def print_paper_tables(rows: list[dict]) -> None:
                 f"{r['parameters_millions']:>6.2f}M")
         if "layout_share_of_residual" in r:
             line += (f" │ {r['resnet_beta_multiply_adds_tf_billions']:>9.2f} "
-                     f"{100 * r['relative_difference_resnet_beta_tf']:>+5.1f}% {100 * r['layout_share_of_residual']:>5.0f}% "
-                     f"{r['resnet_beta_parameters_millions']:>6.2f}M")
+                     f"{100 * r['relative_difference_resnet_beta_tf']:>+5.1f}% "
+                     f"{100 * r['layout_share_of_residual']:>5.0f}% {r['resnet_beta_parameters_millions']:>6.2f}M")
         print(line)
     paper = 2435.37 / 276.18
     tf, plain = (multi_scale_factor(rows, f"ours_multiply_adds{k}_billions") for k in ("_tf", ""))

@@ -36,7 +36,8 @@ class ResNetBetaLayout(ResNetBackbone):
     def __init__(self, depth: int = 101, multi_grid: Sequence[int] | None = None) -> None:
         super().__init__(depth, weights=None, multi_grid=multi_grid)
         b = self.body
-        b.conv1 = nn.Sequential(*_conv_bn_relu(3, 64, 2), *_conv_bn_relu(64, 64), nn.Conv2d(64, 128, 3, 1, 1, bias=False))
+        stem = [*_conv_bn_relu(3, 64, 2), *_conv_bn_relu(64, 64), nn.Conv2d(64, 128, 3, 1, 1, bias=False)]
+        b.conv1 = nn.Sequential(*stem)  # then the existing bn1, ReLU and max pool
         b.bn1 = nn.BatchNorm2d(128)
         channels = 128
         for layer, (width, stride) in zip(("layer1", "layer2", "layer3", "layer4"), _BLOCKS):
