@@ -10,7 +10,6 @@ import zipfile
 import lightning as L
 import pytest
 import torch
-from torch import nn
 
 from datamodules.voc_datamodule import VOCDataModule
 from experiments.wandb_offline import read_runs
