@@ -217,7 +217,8 @@ class TrainCLI(LightningCLI):
             plugins = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         if trainer.loggers:  # the first logger keeps naming the checkpoint directory
-            record = RunRecord(trainer.default_root_dir)
+            ckpt_path = self._get(self.config_init, "ckpt_path") if self.subcommand == "fit" else None
+            record = RunRecord(trainer.default_root_dir, resume_from=ckpt_path)
             trainer.loggers = [*trainer.loggers, record]
             trainer.callbacks.insert(0, record)  # first: it rewinds the record before anything is logged
         return trainer

@@ -81,15 +81,19 @@ class RunRecord(Logger, L.Callback):
     As a Logger it sees every logging point — Lightning's own and the callbacks' direct
     `logger.log_metrics` calls, which a Callback alone would miss — and appends it to `metrics.jsonl`.
     As a Callback it fsyncs that file before each checkpoint is written and stores its length in the
-    checkpoint, so that a run resumed from the checkpoint rewinds the file to exactly the logging points
-    that preceded it (the steps after it are logged again by the resumed run, never twice). Loggers that
-    can lose what they buffered (W&B) are handed the rewound record to re-send what they lack
-    (`sync_history`). The CLI installs it; `finished` in results.json tells a complete stage from a crash.
+    checkpoint, so that a run resumed from the checkpoint rewinds the file to the logging points that
+    the resumed run will not redo (those after it are logged again, never twice). Loggers that can lose
+    what they buffered (W&B) are handed the rewound record to re-send what they lack (`sync_history`).
+    The CLI installs it, first among the callbacks; `finished` in results.json tells a complete stage
+    from an interrupted one.
     """
 
-    def __init__(self, save_dir: str | Path) -> None:
+    def __init__(self, save_dir: str | Path, resume_from: str | Path | None = None) -> None:
+        """`resume_from`: the checkpoint `fit` resumes from. Lightning restores callback state only after
+        `setup`, when other callbacks have logged already, so the CLI says which checkpoint it will be."""
         super().__init__()
         self._save_dir = Path(save_dir)
+        self.resume_from = resume_from
         self.count = 0
         self.stage: str | None = None
         self.hyperparams: dict = {}
@@ -151,13 +155,14 @@ class RunRecord(Logger, L.Callback):
         if not trainer.is_global_zero:
             return
         records = read_records(self.metrics_path)
-        if stage == "fit" and trainer.ckpt_path:
+        checkpoint = self.resume_from or trainer.ckpt_path
+        if stage == "fit" and checkpoint:
             # Runs before any callback logs (first in the callback list) and before Lightning restores
             # the checkpoint: the record is rewound now, from the checkpoint's own count.
-            state = torch.load(trainer.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+            state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
             count = state.get("callbacks", {}).get(self.state_key, {}).get("records")
             if count is None:
-                rank_zero_warn(f"{trainer.ckpt_path} has no {METRICS_FILE} position: the record keeps every line")
+                rank_zero_warn(f"{checkpoint} has no {METRICS_FILE} position: the record keeps every line")
             else:
                 records = records[:count] + list(_same_batch(records[count:], state["global_step"]))
         self._open(records)
@@ -178,7 +183,11 @@ class RunRecord(Logger, L.Callback):
         self.save()
         checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), None)
         wandb_id = next((lg.wandb_run_id for lg in trainer.loggers if getattr(lg, "wandb_run_id", None)), None)
-        metrics = scalars(dict(trainer.callback_metrics))
+        metrics = {}  # the last value of every metric this stage logged (speed and cost included)
+        for record in read_records(self.metrics_path):
+            if record.get("stage") == stage:
+                metrics.update(record["metrics"])
+        metrics.update(scalars(dict(trainer.callback_metrics)))
         config = self.hyperparams.get("config", {})
         metadata = {k: v for k, v in self.hyperparams.items() if k != "config"}
         entry = {

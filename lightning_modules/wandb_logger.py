@@ -5,6 +5,7 @@ import netrc
 import os
 import secrets
 import string
+from collections import Counter
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -52,18 +53,25 @@ def run_id(save_dir: str | Path) -> str:
 SUMMARIES = {"val/mIoU": "max", "val/pixel_accuracy": "max", "train/loss": "min"}
 
 
-def offline_rows(save_dir: str | Path, run_id: str, exclude: str | Path | None = None) -> int:
-    """How many history rows earlier processes of run `run_id` wrote to their offline `.wandb` files:
-    1 + the highest `_step` (wandb writes its buffer in order, so what survived a kill is a prefix)."""
+def held_points(rows) -> Counter:
+    """(trainer step, metric name) of every number in W&B history rows, counted."""
+    held = Counter()
+    for row in rows:
+        step = row.get("trainer/global_step")
+        for key in scalars({k: v for k, v in row.items() if not k.startswith("_") and k != "trainer/global_step"}):
+            held[(step, key)] += 1
+    return held
+
+
+def offline_history(save_dir: str | Path, run_id: str, exclude: str | Path | None = None) -> list[dict]:
+    """The history rows earlier processes of run `run_id` wrote to their offline `.wandb` files."""
     from experiments.wandb_offline import read_run  # the one reader of wandb's offline file format
 
-    held = 0
-    for path in Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb"):
-        if exclude is not None and Path(path).resolve() == Path(exclude).resolve():
-            continue
-        steps = [row["_step"] for row in read_run(path).history if "_step" in row]
-        held = max([held, *(int(s) + 1 for s in steps)])
-    return held
+    rows = []
+    for path in sorted(Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):
+        if exclude is None or path.resolve() != Path(exclude).resolve():
+            rows += read_run(path).history
+    return rows
 
 
 class RunLogger(WandbLogger):
@@ -71,13 +79,14 @@ class RunLogger(WandbLogger):
 
     Project, entity, group, tags, name and job type come from the config like WandbLogger's.
 
-    Nothing logged is lost on a kill: W&B's step (`_step`) of a logging point is its line number in the
-    run's own `metrics.jsonl` (`run_record.RunRecord`), fsynced before every checkpoint. When a run starts
-    or resumes, the record (rewound to the checkpoint) is handed to `sync_history`: the lines W&B does
-    not hold — buffered by wandb when the process was killed — are re-sent, and those it already holds
-    (logged after the checkpoint and written before the kill) are not logged again. What W&B holds is
-    the resumed run's step online (wandb's own resume) and the earlier processes' `.wandb` files offline.
-    Charts use `trainer/global_step` as their x axis, as with Lightning's WandbLogger.
+    Nothing logged is lost on a kill. wandb buffers what it is given, so a killed process can leave W&B
+    without its last logging points (online: not sent; offline: not written), and with logging points
+    from after the checkpoint that the resumed run logs again. When a run starts, `sync_history` compares
+    what the W&B run holds — (trainer step, metric) pairs of the earlier processes' `.wandb` files
+    offline, of the server's history online — with the run's own record (`run_record.RunRecord`'s
+    `metrics.jsonl`, rewound to the checkpoint): what W&B lacks is re-sent, and what it holds beyond
+    the record is not logged again when the resumed run reaches it. Every logged step is in the W&B
+    history exactly once, with no rewind (a private-preview W&B feature, not available offline).
     """
 
     def __init__(self, save_dir: str = "runs/default", project: str = "deeplabv3plus", name: str | None = None,
@@ -91,44 +100,61 @@ class RunLogger(WandbLogger):
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, tags=tags, entity=entity,
                          job_type=job_type, log_model=log_model, offline=offline, id=run_id(save_dir),
                          resume="allow", **kwargs)
-        self._row = 0  # W&B step of the next logging point = its line in metrics.jsonl
-        self._held = 0  # rows W&B already holds from earlier processes of this run
+        self._held = Counter()  # what W&B holds beyond the run record: not logged again
 
-    def rows_held(self) -> int:
-        """History rows the W&B run holds from earlier processes (0 for a new or disabled run)."""
+    def held_history(self) -> Counter:
+        """(trainer step, metric) pairs the W&B run holds from earlier processes of this run."""
         run = self.experiment
         if run.disabled:
-            return 0
+            return Counter()
         if run.offline:
-            return offline_rows(self.save_dir, run.id, exclude=run.settings.sync_file)
-        return run.step  # online resume: wandb continues from the server's last step
+            return held_points(offline_history(self.save_dir, run.id, exclude=run.settings.sync_file))
+        if not run.resumed:
+            return Counter()
+        try:
+            import wandb
+
+            return held_points(wandb.Api().run(run.path).scan_history())
+        except Exception as e:  # a server without the public API: nothing re-sent, nothing skipped
+            rank_zero_warn(f"W&B: cannot read the history of run {run.path} ({e}); not checking it against "
+                           f"{self.save_dir}/metrics.jsonl")
+            return Counter()
 
     @rank_zero_only
     def sync_history(self, records: list[dict]) -> None:
-        """Make W&B hold `records` (the run record, as this process starts from it) exactly once."""
-        held = self.rows_held()
-        for row in range(held, len(records)):
-            record = records[row]
-            self.experiment.log({**record["metrics"], "trainer/global_step": record["step"]}, step=row)
-        if held < len(records):
-            rank_zero_info(f"W&B: re-sent {len(records) - held} logging points it had not written "
-                           f"(from {self.save_dir}/metrics.jsonl)")
-        self._row, self._held = len(records), held
+        """Make the W&B history hold `records` (the run record as this process starts from it) once."""
+        held = self.held_history()
+        resent = 0
+        for record in records:
+            missing = {}
+            for key, value in record["metrics"].items():
+                if held[(record["step"], key)] > 0:
+                    held[(record["step"], key)] -= 1
+                else:
+                    missing[key] = value
+            if missing:
+                super().log_metrics(missing, record["step"])
+                resent += 1
+        if resent:
+            rank_zero_info(f"W&B: re-sent {resent} logging points it had not written (from metrics.jsonl)")
+        self._held = +held
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        """Numbers make one W&B row each, at step = their line in metrics.jsonl; media (images, tables)
-        join the current row."""
-        values = scalars(metrics)
-        extra = {k: v for k, v in metrics.items() if k not in values}
-        if step is not None:
-            extra["trainer/global_step"] = step
-        if values:
-            row, self._row = self._row, self._row + 1
-            if row >= self._held:
-                self.experiment.log({**values, **extra}, step=row)
-        elif max(self._row - 1, 0) >= self._held:
-            self.experiment.log(extra, commit=False)
+        """Lightning's, less the numbers W&B already holds from the killed process at this step."""
+        if self._held:
+            numbers = scalars(metrics)
+            kept = {}
+            for key, value in metrics.items():
+                if key in numbers and self._held[(step, key)] > 0:
+                    self._held[(step, key)] -= 1
+                else:
+                    kept[key] = value
+            self._held = +self._held
+            if not kept:
+                return
+            metrics = kept
+        super().log_metrics(metrics, step)
 
     @property
     def wandb_run_id(self) -> str | None:
