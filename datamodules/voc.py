@@ -48,7 +48,21 @@ def voc_dir(root: Path) -> Path:
 def _read_ids(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"missing split file {path}: expected {what}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path}: empty split file; expected {what}, one image id per line")
+    return ids
+
+
+def _check_files(samples: dict[str, Sample], listed_in: dict[str, Path]) -> None:
+    """Every listed id has its image and mask: a split naming files that are not there is a wrong tree
+    (a partial download or the wrong root), not something to train around."""
+    for image_id, sample in samples.items():
+        for path in (sample.image, sample.mask):
+            if not path.is_file():
+                missing = sum(not s.image.is_file() or not s.mask.is_file() for s in samples.values())
+                raise DatasetError(f"{listed_in[image_id]}: lists {image_id} but {path} does not exist "
+                                   f"({missing} of {len(samples)} listed samples have missing files)")
 
 
 def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None) -> list[Sample]:
@@ -66,21 +80,27 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         raise DatasetError(f"PASCAL VOC 2012 not found: expected the directory {voc} (get it from {VOC_URL})")
     lists = voc / "ImageSets" / "Segmentation"
     voc_val = _read_ids(lists / "val.txt", f"the VOC 2012 val list (from {VOC_URL})")
-    if split == "val":
-        return [Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in voc_val]
+    if split in ("val", "train"):
+        ids = voc_val if split == "val" else _read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
+        samples = {i: Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids}
+        _check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
+        return list(samples.values())
     voc_train = _read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
-    if split == "train":
-        return [Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in voc_train]
 
     sbd = Path(sbd_root) if sbd_root else root / "benchmark_RELEASE"
     sbd_data = sbd / "dataset"
     aug = voc / "SegmentationClassAug"
     extra: set[str] = set()
+    listed_in = {}
     if sbd_data.is_dir():
         what = f"an SBD split list (from {SBD_URL})"
-        extra |= set(_read_ids(sbd_data / "train.txt", what)) | set(_read_ids(sbd_data / "val.txt", what))
+        for name in ("val.txt", "train.txt"):
+            ids = _read_ids(sbd_data / name, what)
+            extra |= set(ids)
+            listed_in.update(dict.fromkeys(ids, sbd_data / name))
     elif aug.is_dir():
         extra |= {p.stem for p in aug.glob("*.png")}
+        listed_in.update({i: aug for i in extra})
     else:
         raise DatasetError(
             f"split 'trainaug' needs SBD at {sbd_data} (get benchmark.tgz from {SBD_URL}) "
@@ -88,7 +108,8 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         )
     ids = sorted((set(voc_train) | extra) - set(voc_val))
     voc_train_set = set(voc_train)
-    samples = []
+    listed_in.update(dict.fromkeys(voc_train, lists / "train.txt"))
+    samples = {}
     for i in ids:
         image = voc / "JPEGImages" / f"{i}.jpg"
         if not image.exists() and sbd_data.is_dir():
@@ -99,8 +120,9 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
             mask = aug / f"{i}.png"
         else:
             mask = sbd_data / "cls" / f"{i}.mat"
-        samples.append(Sample(image, mask))
-    return samples
+        samples[i] = Sample(image, mask)
+    _check_files(samples, listed_in)
+    return list(samples.values())
 
 
 def decode_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """LightningDataModule for VOC 2012 (+ SBD trainaug) with the paper's augmentation."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from . import synthetic
 from .dataset import EpochSampler, SegmentationDataset, ShardSampler, pad_collate
 from .transforms import NORMALIZATIONS, eval_transform, train_transform
-from .voc import list_split, voc_dir
+from .voc import DatasetError, list_split, voc_dir
 
 
 class VOCDataModule(L.LightningDataModule):
@@ -61,8 +62,20 @@ class VOCDataModule(L.LightningDataModule):
         self.seed = seed
 
     def prepare_data(self) -> None:
-        if self.generate and not voc_dir(self.root).exists():
-            synthetic.generate(self.root, seed=self.seed)
+        if not self.generate or voc_dir(self.root).exists():
+            return
+        # Never mix generated files into a directory that holds something else (a mistyped --data.root)
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise DatasetError(f"{self.root}: data.generate would write the generated dataset here, but it is not "
+                               "an empty directory and holds no VOCdevkit/VOC2012; expected the root of a VOC tree, "
+                               "or a new or empty directory")
+        print(f"data.generate: writing the generated VOC-format dataset to {self.root} (not real VOC data)")
+        # written beside and renamed into place: a killed generation leaves no half-written dataset
+        tmp = self.root.parent / f".{self.root.name}.generating-{os.getpid()}"
+        synthetic.generate(tmp, seed=self.seed)
+        if self.root.exists():
+            self.root.rmdir()
+        os.replace(tmp, self.root)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
