@@ -186,7 +186,7 @@ class TrainCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path != "last":  # before LightningCLI reads its hyperparameters
-            resolve_ckpt_path(ckpt_path, ".")
+            config.ckpt_path = resolve_ckpt_path(ckpt_path, ".")  # a run directory → its newest checkpoint
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -83,13 +83,19 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     """`last`: the readable checkpoint of `run_dir` with the highest recorded step (file times lie after a
     copy or an `rsync`), skipping unreadable ones and saying so, or None to start from scratch if the run
-    has none. An explicit path must be a readable checkpoint (CheckpointError otherwise). Lightning's own
-    keywords (`best`, `hpc`, `registry…`) pass through unchanged."""
+    has none. A run directory stands for its `last` (an error if it has none: the ablation runner scores a
+    training this way). An explicit path must be a readable checkpoint (CheckpointError otherwise).
+    Lightning's own keywords (`best`, `hpc`, `registry…`) pass through unchanged."""
     if ckpt_path is None or ckpt_path in ("best", "hpc") or ckpt_path.startswith("registry"):
         return ckpt_path
-    if ckpt_path != "last":
+    if ckpt_path != "last" and not Path(ckpt_path).is_dir():
         read_step(ckpt_path)
         return ckpt_path
+    if ckpt_path != "last":
+        newest = resolve_ckpt_path("last", ckpt_path)
+        if newest is None:
+            raise CheckpointError(f"{ckpt_path}: expected a checkpoint file, or a run directory holding one")
+        return newest
     readable = []
     for candidate in checkpoints(run_dir):
         try:
