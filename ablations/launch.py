@@ -74,8 +74,10 @@ class Cluster:
                                                            ("constraint", self.constraint)) if value]
         tasks = job.processes if job.kind == "train" else 1
         options += ["--nodes=1", f"--ntasks-per-node={tasks}"]
-        if job.gpus > 0:
-            options.append(f"--gpus-per-node={job.gpus if job.kind == 'train' else 1}")
+        if job.kind == "train":  # also 0: train.sbatch asks for one GPU by default
+            options.append(f"--gpus-per-node={job.gpus}")
+        elif job.gpus > 0:
+            options.append("--gpus-per-node=1")
         return [*options, f"--cpus-per-task={self.cpus_per_gpu}"]  # one task per GPU
 
 
