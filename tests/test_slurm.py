@@ -61,7 +61,7 @@ def _squeue(env, job_id: str, fmt: str) -> str:
 
 def test_sigusr1_requeues_and_resumes_exactly(slurm, voc_root, tmp_path):
     steps = 60
-    overrides = [f"--{a}" if not a.startswith("--") else a for a in tiny_args(voc_root, tmp_path / "job", steps)[2:]]
+    overrides = tiny_args(voc_root, tmp_path / "job", steps)[2:]  # train.sbatch takes the first config itself
     reference = tmp_path / "reference"
     run_cli("fit", *tiny_args(voc_root, reference, steps), "--trainer.limit_val_batches=0")
 
