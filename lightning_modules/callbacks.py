@@ -1,8 +1,8 @@
-"""Callbacks that put speed and pictures next to mIoU in every run."""
+"""Callbacks that put pictures next to mIoU in every run, checkpoint by step and show the run's progress
+(speed: `speed_monitor.py`)."""
 from __future__ import annotations
 
 import datetime
-import resource
 import time
 
 import lightning as L
@@ -25,76 +25,6 @@ def protocol_cost(net: DeepLabV3Plus, eval_output_stride: int, scales, flip: boo
         "speed/multiply_adds": count_multiply_adds(meta, scales=scales, flip=flip) / 1e9,
         "speed/parameters": count_parameters(meta) / 1e6,
     }
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-class SpeedMonitor(L.Callback):
-    """Logs `speed/*`: Multiply-Adds and parameters once, training images/s every `log_every_n_steps`,
-    evaluation images/s and ms/image after each evaluation, and peak memory (MB)."""
-
-    def __init__(self) -> None:
-        self._train_images, self._train_time, self._t0 = 0, 0.0, 0.0
-        self._eval_images, self._eval_t0 = 0, 0.0
-        self.cost: dict[str, float] = {}
-
-    def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.cost = protocol_cost(pl_module.net, pl_module.eval_output_stride, pl_module.eval_scales, pl_module.eval_flip)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
-                logger.experiment.summary.update(self.cost)
-        self._log(trainer, self.cost)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._train_time += time.perf_counter() - self._t0
-        self._train_images += batch[0].shape[0] * trainer.world_size
-        if trainer.global_step % trainer.log_every_n_steps == 0 and self._train_time > 0:
-            self._log(trainer, {"speed/train_images_per_s": self._train_images / self._train_time,
-                                "speed/peak_memory_mb": peak_memory_mb(pl_module.device)})
-            self._train_images, self._train_time = 0, 0.0
-
-    def _eval_start(self) -> None:
-        self._eval_images, self._eval_t0 = 0, time.perf_counter()
-
-    def _eval_batch(self, batch) -> None:
-        self._eval_images += batch[0].shape[0]
-
-    def _eval_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._eval_images == 0:
-            return
-        seconds = time.perf_counter() - self._eval_t0
-        self._log(trainer, {"speed/eval_images_per_s": self._eval_images / seconds,
-                            "speed/eval_ms_per_image": 1000 * seconds / self._eval_images,
-                            "speed/peak_memory_mb": peak_memory_mb(pl_module.device)})
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._eval_start()
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._eval_batch(batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._eval_end(trainer, pl_module)
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._eval_start()
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._eval_batch(batch)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._eval_end(trainer, pl_module)
 
 
 class WandbPredictions(L.Callback):

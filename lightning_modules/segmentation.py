@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from datamodules.dataset import sample_seed
+from datamodules.transforms import NORMALIZATIONS
 from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 from .components import DeepLabV3Plus
@@ -32,6 +33,9 @@ class SegmentationModule(L.LightningModule):
         eval_output_stride: output stride for validate/test (None = the training output stride).
         eval_scales / eval_flip: multi-scale inputs (0.5…1.75) and left-right flips, probabilities averaged.
         channels_last: NHWC memory format (with bf16 this about doubles CPU speed on AMX machines).
+        compile: `torch.compile` the network in place (`nn.Module.compile`): state-dict keys stay the same,
+            so checkpoints load with or without it; `set_output_stride` changes guarded attributes, so an
+            evaluation at another output stride recompiles instead of running stale code.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class SegmentationModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
@@ -64,6 +69,10 @@ class SegmentationModule(L.LightningModule):
             if freeze_bn:
                 m.requires_grad_(False)
         self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+        # uint8 images are normalised on the device with the backbone's mean/std (not in the checkpoint)
+        mean, std = NORMALIZATIONS[net.normalization]
+        self.register_buffer("pixel_mean", 255 * torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", 255 * torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def _batchnorms(self) -> list[nn.Module]:
         return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -79,6 +88,9 @@ class SegmentationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -90,9 +102,13 @@ class SegmentationModule(L.LightningModule):
             )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 images arrive on the device (a quarter of the bytes of float32) and are normalised here, in
+        the memory format the network runs in; float images are taken as already normalised."""
         images, masks = batch
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.pixel_mean) / self.pixel_std
         return images, masks.long()
 
     # -- training -----------------------------------------------------------------------------------
