@@ -118,6 +118,8 @@ def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int)
     optimizer = module.configure_optimizers()
     optimizer, scheduler = optimizer["optimizer"], optimizer["lr_scheduler"]["scheduler"]
     loader = data.train_dataloader()
+    # fp16 needs loss scaling, as Lightning's 16-mixed plugin does (a no-op for other precisions)
+    scaler = torch.amp.GradScaler(device.type, enabled=str(trainer.precision) == "16-mixed")
     phase, boundaries = Phase(device), Boundaries()
     step, epoch = 0, 0
     while step < warmup + steps:
@@ -130,8 +132,9 @@ def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int)
                 logits = module.net(images)
             loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             if step == warmup:
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             import wandb
 
             wandb.finish()  # one W&B run per phase
-            train = {"trainer.max_steps": str(total), "trainer.limit_val_batches": "0"}
+            train = {"trainer.max_steps": str(total), "trainer.limit_val_batches": "0", "trainer.devices": "1"}
             return build(config_args, Path(tmp) / name, {**train, **extra})
 
         first = cli("bare-1")
@@ -333,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
             m = bare_cli.model
             say(f"eval {label}, OS{m.eval_output_stride}, scales {list(m.eval_scales)}, flip {m.eval_flip}:")
             eval_flops = 2e9 * protocol_cost(m.net, m.eval_output_stride, m.eval_scales, m.eval_flip)["speed/multiply_adds"]
+            bare_eval(bare_cli, device, eval_images)  # untimed: kernels for each image size are chosen once
             phase, n = bare_eval(bare_cli, device, eval_images)
             bare_eval_rate = row("bare loop", n, phase, None, eval_flops, peak)
             phase, n = lightning_eval(cli(f"eval-lightning-{len(protocol)}", **settings), device)
