@@ -2,7 +2,7 @@
 
     python -m datamodules.benchmark [--images 40] [--crop 513] [--repeats 3]
 
-Both decode the same generated VOC-size JPEG/PNG pairs and produce normalised 513×513 crops with the
+Both decode the same generated VOC-size JPEG/PNG pairs and produce uint8 513×513 crops with the
 same random scale, pad, crop and flip; one thread, as in one DataLoader worker. Prints images/s and ratio.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from PIL import Image, ImageOps
 
 from . import synthetic
 from .dataset import SegmentationDataset
-from .transforms import NORMALIZATIONS, mean_pixel, train_transform
+from .transforms import mean_pixel, train_transform
 from .voc import list_split
 
 
 def pil_pipeline(image_path: Path, mask_path: Path, crop: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode, PIL resize (bilinear / nearest), pad, crop, flip, to tensor, normalise."""
+    """Decode, PIL resize (bilinear / nearest), pad, crop, flip, to a uint8 tensor (normalised on the device)."""
     image = Image.open(image_path).convert("RGB")
     mask = Image.open(mask_path)
     s = rng.uniform(0.5, 2.0)
@@ -38,9 +38,7 @@ def pil_pipeline(image_path: Path, mask_path: Path, crop: int, rng: random.Rando
     image, mask = image.crop((x0, y0, x0 + crop, y0 + crop)), mask.crop((x0, y0, x0 + crop, y0 + crop))
     if rng.random() < 0.5:
         image, mask = ImageOps.mirror(image), ImageOps.mirror(mask)
-    mean, std = NORMALIZATIONS["imagenet"]
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
     return x, torch.from_numpy(np.asarray(mask, dtype=np.int64))
 
 

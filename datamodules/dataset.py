@@ -18,7 +18,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SegmentationDataset(Dataset):
-    """Items are (image float 3×H×W, mask uint8 H×W).
+    """Items are (image uint8 3×H×W, mask uint8 H×W).
 
     Training keys are (index, epoch) pairs from `EpochSampler`; each draw seeds torch's RNG from
     (seed, epoch, index), so the augmentation does not depend on worker count or scheduling.
@@ -83,11 +83,16 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack full-size images of different sizes: pad bottom/right with 0 (= mean pixel after
-    normalisation) and masks with 255, so padding never counts in the metrics."""
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]],
+                image_fill: Sequence[int] = (0, 0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack full-size uint8 images of different sizes: pad bottom/right with `image_fill` (the mean pixel,
+    which normalises to 0 on the device) and masks with 255, so padding never counts in the metrics.
+    Bind the fill with `functools.partial(pad_collate, image_fill=mean_pixel(normalization))`."""
     h = max(img.shape[-2] for img, _ in batch)
     w = max(img.shape[-1] for img, _ in batch)
-    images = [F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img, _ in batch]
+    images = torch.empty(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
+    images[:] = torch.tensor(image_fill, dtype=images.dtype)[:, None, None]
+    for out, (img, _) in zip(images, batch):
+        out[:, : img.shape[-2], : img.shape[-1]] = img
     masks = [F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]), value=IGNORE_INDEX) for _, m in batch]
-    return torch.stack(images), torch.stack(masks)
+    return images, torch.stack(masks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import synthetic
 from .dataset import EpochSampler, SegmentationDataset, ShardSampler, pad_collate
-from .transforms import NORMALIZATIONS, eval_transform, train_transform
+from .transforms import NORMALIZATIONS, eval_transform, mean_pixel, train_transform
 from .voc import DatasetError, list_split, voc_dir
 
 
@@ -23,7 +24,9 @@ class VOCDataModule(L.LightningDataModule):
         root: directory holding `VOCdevkit/VOC2012` (and `benchmark_RELEASE` unless `sbd_root` is set).
         generate: write the generated VOC-format dataset (`datamodules.synthetic`) to `root` if it does
             not exist yet — for the quickstart and tests, never for real data.
-        normalization: "imagenet" or "inception"; must match the backbone's weights (checked at fit).
+        normalization: "imagenet" or "inception"; must match the backbone's weights (checked at fit). Images
+            leave the loader as uint8 and are normalised on the device (`SegmentationModule`); this picks
+            the padding colour, the mean pixel.
         batch_size: the **global** batch (the paper's 16: BN statistics need it), split evenly over the
             processes (devices × nodes); it must divide by their number.
         val_batch_size: 1 (the official setting), or more with padding labelled 255.
@@ -104,7 +107,7 @@ class VOCDataModule(L.LightningDataModule):
             samples = list_split(self.root, hp.train_split, self.sbd_root)
             transform = train_transform(hp.crop_size, tuple(hp.scale_range), hp.scale_step, hp.flip_prob, self.normalization)
             self.train_set = SegmentationDataset(samples, transform, seed=self.seed)
-        self.val_set = SegmentationDataset(list_split(self.root, hp.val_split, self.sbd_root), eval_transform(self.normalization))
+        self.val_set = SegmentationDataset(list_split(self.root, hp.val_split, self.sbd_root), eval_transform())
 
     def _loader_kwargs(self) -> dict:
         hp = self.hparams
@@ -130,7 +133,8 @@ class VOCDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         return DataLoader(self.val_set, batch_size=self.val_batch_size, sampler=ShardSampler(len(self.val_set), rank, world),
-                          collate_fn=pad_collate, **self._loader_kwargs())
+                          collate_fn=partial(pad_collate, image_fill=mean_pixel(self.normalization)),
+                          **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
         # VOC test labels are not public: `test` evaluates `val_split` with the same protocol

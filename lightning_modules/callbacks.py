@@ -1,8 +1,8 @@
-"""Callbacks that put speed and pictures next to mIoU in every run."""
+"""Callbacks that put pictures next to mIoU in every run, checkpoint by step and show the run's progress
+(speed: `speed_monitor.py`)."""
 from __future__ import annotations
 
 import datetime
-import resource
 import time
 
 import lightning as L
@@ -14,76 +14,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from datamodules.voc import VOC_CLASSES
 
 from .components.complexity import protocol_cost
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-class SpeedMonitor(L.Callback):
-    """Logs `speed/*`: Multiply-Adds and parameters once, training images/s every `log_every_n_steps`,
-    evaluation images/s and ms/image after each evaluation, and peak memory (MB)."""
-
-    def __init__(self) -> None:
-        self._train_images, self._train_time, self._t0 = 0, 0.0, 0.0
-        self._eval_images, self._eval_t0 = 0, 0.0
-        self.cost: dict[str, float] = {}
-
-    def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.cost = protocol_cost(pl_module.net.config, pl_module.eval_protocol)  # speed/multiply_adds(_tf), speed/parameters
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
-                logger.experiment.summary.update(self.cost)
-        self._log(trainer, self.cost)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._train_time += time.perf_counter() - self._t0
-        self._train_images += batch[0].shape[0] * trainer.world_size
-        if trainer.global_step % trainer.log_every_n_steps == 0 and self._train_time > 0:
-            self._log(trainer, {"speed/train_images_per_s": self._train_images / self._train_time,
-                                "speed/peak_memory_mb": peak_memory_mb(pl_module.device)})
-            self._train_images, self._train_time = 0, 0.0
-
-    def _eval_start(self) -> None:
-        self._eval_images, self._eval_t0 = 0, time.perf_counter()
-
-    def _eval_batch(self, batch) -> None:
-        self._eval_images += batch[0].shape[0]
-
-    def _eval_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._eval_images == 0:
-            return
-        seconds = time.perf_counter() - self._eval_t0
-        self._log(trainer, {"speed/eval_images_per_s": self._eval_images / seconds,
-                            "speed/eval_ms_per_image": 1000 * seconds / self._eval_images,
-                            "speed/peak_memory_mb": peak_memory_mb(pl_module.device)})
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._eval_start()
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._eval_batch(batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._eval_end(trainer, pl_module)
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._eval_start()
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._eval_batch(batch)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._eval_end(trainer, pl_module)
 
 
 class WandbPredictions(L.Callback):
@@ -170,7 +100,25 @@ class StepCheckpoint(ModelCheckpoint):
 
 class StepProgressBar(TQDMProgressBar):
     """Lightning's bar (per epoch) plus what a step-budgeted run needs: the global step out of
-    `max_steps` and the time left for the whole run."""
+    `max_steps` and the time left for the whole run.
+
+    It refreshes every `trainer.log_every_n_steps` steps unless `refresh_rate` says otherwise: each refresh
+    reads the logged loss, which on a GPU waits for the device, so a refresh every step would stop the
+    host from running ahead (Lightning's default of 1 cost a synchronisation per step).
+    """
+
+    def __init__(self, refresh_rate: int | None = None, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(1 if refresh_rate is None else refresh_rate, process_position, leave)
+        self.every = refresh_rate
+
+    @property
+    def refresh_rate(self) -> int:
+        if self.every is not None:
+            return self.every
+        try:
+            return max(1, self.trainer.log_every_n_steps)
+        except TypeError:  # not attached to a trainer yet
+            return 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -51,9 +51,11 @@ class SlurmRequeue(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.requeue_pending or not trainer.is_global_zero:
             return
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                logger.experiment.finish()  # the requeue kills this job: flush the run's log first
+        if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+            import wandb
+
+            if wandb.run is not None:  # the logger's run, if it started one (public: no logger internals)
+                wandb.run.finish()  # the requeue kills this job: flush the run's log first
         requeue()
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from datamodules.dataset import sample_seed
+from datamodules.transforms import NORMALIZATIONS
 from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 from .components import DeepLabV3Plus
@@ -66,6 +67,9 @@ class SegmentationModule(L.LightningModule):
             inputs (0.5…1.75), left-right flips, and the aligned canvas images are pasted into (513×513
             for VOC, the official `eval_crop_size`; None = the smallest aligned size per image).
         channels_last: NHWC memory format (with bf16 this about doubles speed on GPUs and AMX CPUs).
+        compile: `torch.compile` the network in place (`nn.Module.compile`): state-dict keys stay the same,
+            so checkpoints load with or without it; `set_output_stride` changes guarded attributes, so an
+            evaluation at another output stride recompiles instead of running stale code.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class SegmentationModule(L.LightningModule):
         eval_flip: bool = False,
         eval_canvas: int | tuple[int, int] | None = (PAPER_CROP, PAPER_CROP),
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
@@ -105,6 +110,10 @@ class SegmentationModule(L.LightningModule):
             if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
         self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+        # uint8 images are normalised on the device with the backbone's mean/std (not in the checkpoint)
+        mean, std = NORMALIZATIONS[net.normalization]
+        self.register_buffer("pixel_mean", 255 * torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", 255 * torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def _batchnorms(self) -> list[nn.Module]:
         return [m for m in self.net.modules() if isinstance(m, _BATCHNORMS)]
@@ -122,6 +131,9 @@ class SegmentationModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         for logger in self.loggers:
             logger.log_hyperparams({"eval_protocol": self.eval_protocol.as_dict()})
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -133,9 +145,13 @@ class SegmentationModule(L.LightningModule):
             )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 images arrive on the device (a quarter of the bytes of float32) and are normalised here, in
+        the memory format the network runs in; float images are taken as already normalised."""
         images, masks = batch
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.pixel_mean) / self.pixel_std
         return images, masks.long()
 
     # -- training -----------------------------------------------------------------------------------

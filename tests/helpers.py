@@ -1,10 +1,12 @@
 """Callbacks and runners the training tests plug into the real CLI."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -52,3 +54,21 @@ class RecordBatchNormTypes(L.Callback):
         if trainer.is_global_zero:
             names = sorted({type(m).__name__ for m in pl_module.modules() if "BatchNorm" in type(m).__name__})
             Path(self.path).write_text("\n".join(names))
+
+
+class StepTimes(L.Callback):
+    """Write the wall-clock time of train start and of each step's end (after every other callback of the
+    step) to a JSON file: the run's own clock, to check the logged speed against."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.start, self.ends, self.images = path, 0.0, {}, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.ends[trainer.global_step] = time.perf_counter()
+        self.images = batch[0].shape[0]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(json.dumps({"start": self.start, "ends": self.ends, "batch_size": self.images}))

@@ -82,7 +82,6 @@ def _labelled_pair(h=200, w=300):
 
 def test_augmentation_invariants_over_many_draws():
     transform = train_transform(crop_size=129, normalization="imagenet")
-    mean, std = NORMALIZATIONS["imagenet"]
     image, mask = _labelled_pair()
     torch.manual_seed(0)
     flips = 0
@@ -90,15 +89,16 @@ def test_augmentation_invariants_over_many_draws():
         out_image, out_mask = transform(image, mask)
         assert out_image.shape == (3, 129, 129) and out_mask.shape == (1, 129, 129)
         assert set(out_mask.unique().tolist()) <= {0, 1, 7, 15, 255}
-        # de-normalise channel 0 and read the label back from the colour: it matches the mask
-        raw = (out_image[0] * std[0] + mean[0]) * 255
+        assert out_image.dtype == torch.uint8  # normalised on the device, not in the loader
+        # read the label back from the colour of channel 0: it matches the mask
+        raw = out_image[0].float()
         labelled = out_mask[0] != 255
         agree = (raw[labelled] / 12).round() == out_mask[0][labelled].float()
         assert agree.float().mean() > 0.9  # only resampled block borders disagree; a lone flip would give ~1/3
-        # padding: 255 in the mask, the mean pixel (normalised to 0) in the image
+        # padding: 255 in the mask, the mean pixel (normalised to 0 on the device) in the image
         padded = out_mask[0] == 255
         if padded.any():
-            assert out_image[:, padded].abs().max() < 0.05
+            assert (out_image[:, padded] == torch.tensor(mean_pixel("imagenet"))[:, None]).all()
         flips += bool(out_mask[0, 0, 0] == 15)  # the class-15 stripe is on the right unless flipped
     assert 0 < flips < 60
 
@@ -172,6 +172,7 @@ def test_mid_epoch_loader_state_restores_the_remaining_batches(voc_root):
 def test_full_image_validation_keeps_every_image_and_size(voc_root):
     samples = list_split(voc_root, "val")
     dataset = SegmentationDataset(samples, eval_transform())
+    assert dataset[0][0].dtype == torch.uint8
     sizes = [tuple(decode_sample(s)[1].shape[-2:]) for s in samples]
     assert len(set(sizes)) > 1
     seen = [tuple(m.shape[-2:]) for _, m in DataLoader(dataset, batch_size=1)]
@@ -180,17 +181,23 @@ def test_full_image_validation_keeps_every_image_and_size(voc_root):
     shards = [ShardSampler(len(dataset), rank, 2).indices for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(len(dataset)))
     # padded batches: padding labelled 255, the original pixels untouched
-    images, masks = pad_collate([dataset[0], dataset[1]])
+    fill = mean_pixel("imagenet")
+    images, masks = pad_collate([dataset[0], dataset[1]], image_fill=fill)
     h1, w1 = dataset[1][1].shape
-    assert torch.equal(masks[1, :h1, :w1], dataset[1][1])
+    assert torch.equal(masks[1, :h1, :w1], dataset[1][1]) and torch.equal(images[1, :, :h1, :w1], dataset[1][0])
     assert (masks[1, h1:, :] == 255).all() and (masks[1, :, w1:] == 255).all()
+    # image padding is the mean pixel, which the module's normalisation maps to 0
+    outside = torch.ones(2, *images.shape[-2:], dtype=torch.bool)
+    for b, (image, _) in enumerate([dataset[0], dataset[1]]):
+        outside[b, : image.shape[-2], : image.shape[-1]] = False
+    assert outside.any() and (images.permute(1, 0, 2, 3)[:, outside] == torch.tensor(fill)[:, None]).all()
 
 
 def test_datamodule_end_to_end(voc_root):
     dm = VOCDataModule(root=str(voc_root), crop_size=65, batch_size=4, num_workers=0)
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))
-    assert images.shape == (4, 3, 65, 65) and images.dtype == torch.float32
+    assert images.shape == (4, 3, 65, 65) and images.dtype == torch.uint8
     assert masks.shape == (4, 65, 65)
     assert len(dm.val_dataloader()) == 16
 

@@ -171,6 +171,20 @@ def test_xception_matches_the_spec():
     assert (taps["stride4"] < 0).any()  # before the ReLU
 
 
+def test_xception_out_equals_timm_forward_features():
+    """Our tapped forward is timm's forward with two reads on the way: same weights, same output."""
+    import timm
+
+    torch.manual_seed(0)
+    backbone = build_backbone("xception65").eval()
+    reference = timm.create_model("xception65", num_classes=0).eval()
+    missing, unexpected = reference.load_state_dict(backbone.body.state_dict(), strict=False)
+    assert not missing and not unexpected
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        assert torch.equal(backbone(x)["out"], reference.forward_features(x))
+
+
 def test_resnet_multi_grid_and_dilations():
     backbone = build_backbone("resnet101", multi_grid=(1, 2, 4))
     backbone.set_output_stride(16)

@@ -26,8 +26,9 @@ def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
     (step, fit_miou), = train_run.metric("val/mIoU")
     assert 0 <= fit_miou <= 1 and train_run.summary["val/mIoU"]["max"] == pytest.approx(fit_miou)
     for key in ("speed/multiply_adds", "speed/multiply_adds_tf", "speed/parameters", "speed/train_images_per_s",
-                "speed/eval_images_per_s", "speed/eval_ms_per_image", "speed/peak_memory_mb", "train/loss",
-                "lr-SGD/decay", "lr-SGD/no_decay"):
+                "speed/eval_images_per_s", "speed/eval_ms_per_image", "speed/train_peak_memory_mb",
+                "speed/eval_peak_memory_mb", "train/loss", "lr-SGD/decay", "lr-SGD/no_decay", "speed/train_ms_per_step",
+                "speed/data_wait_ms_per_step", "speed/compute_ms_per_step"):
         assert train_run.metric(key), key
     assert any(k.startswith("val/iou/") for row in train_run.history for k in row)
     media = {k.split("/")[1] for row in train_run.history for k in row if k.startswith("val/") and "/_type" in k}

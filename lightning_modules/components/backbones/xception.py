@@ -51,15 +51,27 @@ class XceptionBackbone(Backbone):
         tap_at = {index: name for name, index in _ENTRY_BLOCKS.items()}
         for i, block in enumerate(self.body.blocks):
             if i in tap_at:
-                skip, y = x, x
+                y = x
                 for name, layer in block.stack.named_children():
                     y = layer(y)
                     if name == "conv2":
                         taps[tap_at[i]] = y
-                x = block._residual(y, skip)
+                x = _residual(block, y, x)
             else:
                 x = block(x)
-        return {**taps, "out": x}
+        return {**taps, "out": self.body.act(x)}
+
+
+def _residual(block: XceptionModule, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The end of `XceptionModule.forward` (stack output y, block input x), written with the module's public
+    attributes (`shortcut`, `no_skip`, `drop_path`, present in every timm 1.0.x): timm's own helper for
+    this, `_residual`, is private and missing from timm 1.0.29 and earlier."""
+    if block.no_skip:
+        return y
+    skip = x if block.shortcut is None else block.shortcut(x)
+    if block.drop_path is not None:
+        y = block.drop_path(y)
+    return y + skip
 
 
 def _nominal_stride(block: XceptionModule) -> int:
