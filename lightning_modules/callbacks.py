@@ -6,14 +6,11 @@ import datetime
 import time
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.voc import VOC_CLASSES
-
-from .components.complexity import protocol_cost
 
 
 class WandbPredictions(L.Callback):
