@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.voc_datamodule import VOCDataModule
+from datamodules.base import SegmentationDataModule
 from lightning_modules.checkpointing import resolve_ckpt_path
 from lightning_modules.segmentation import SegmentationModule
 
@@ -65,6 +65,12 @@ def gpu_run(accelerator) -> bool:
 
 
 class TrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The dataset is data: VOC unless `data.class_path` names another layout (FolderDataModule,
+        # CityscapesDataModule), and the network's class count is the datamodule's.
+        parser.set_defaults({"data": {"class_path": "datamodules.voc_datamodule.VOCDataModule"}})
+        parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.trainer.logger
@@ -87,7 +93,8 @@ def main(args: list[str] | None = None) -> TrainCLI:
     subcommand_kwargs = {"default_config_files": [str(BASE_CONFIG)]}
     return TrainCLI(
         SegmentationModule,
-        VOCDataModule,
+        SegmentationDataModule,
+        subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},

@@ -11,11 +11,13 @@ from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from datamodules.dataset import sample_seed
-from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from datamodules.reading import LabelSpace
 
 from .components import DeepLabV3Plus
+from .components.protocol import EvalProtocol
 from .inference import predict_probabilities
 from .metrics import SegmentationMetrics
+from .pretrained import load_network_weights
 
 
 class SegmentationModule(L.LightningModule):
@@ -32,6 +34,12 @@ class SegmentationModule(L.LightningModule):
         eval_output_stride: output stride for validate/test (None = the training output stride).
         eval_scales / eval_flip: multi-scale inputs (0.5…1.75) and left-right flips, probabilities averaged.
         channels_last: NHWC memory format (with bf16 this about doubles CPU speed on AMX machines).
+        init_from: fine-tune: a checkpoint (or saved state dict) whose network weights initialise `net` —
+            no optimizer, step or loop state; tensors whose shape differs (another dataset's classifier)
+            keep their fresh initialisation, and one log line names them.
+
+    Class names, palette and ignore index come from the datamodule (`labels`) at setup and are saved
+    in the checkpoint with the network's constructor arguments (`lightning_modules.pretrained.load_model`).
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class SegmentationModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         channels_last: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
@@ -63,7 +72,11 @@ class SegmentationModule(L.LightningModule):
                 m.momentum = bn_momentum
             if freeze_bn:
                 m.requires_grad_(False)
-        self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+        if init_from:
+            load_network_weights(self.net, init_from)
+        num_classes = self.net.classifier.out_channels
+        self.labels = LabelSpace(tuple(f"class_{i}" for i in range(num_classes)))
+        self.metrics = SegmentationMetrics(num_classes, self.labels.ignore_index)
 
     def _batchnorms(self) -> list[nn.Module]:
         return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -77,6 +90,12 @@ class SegmentationModule(L.LightningModule):
 
     # -- data and memory format -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        labels = getattr(getattr(self.trainer, "datamodule", None), "labels", None)
+        if labels is not None:
+            if labels.num_classes != self.labels.num_classes:
+                raise ValueError(f"the datamodule has {labels.num_classes} classes but the network predicts "
+                                 f"{self.labels.num_classes}: set model.net.init_args.num_classes or use the CLI's link")
+            self.labels = labels
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -95,6 +114,15 @@ class SegmentationModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images, masks.long()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what `load_model` needs to rebuild the network and name its outputs without this class or a trainer
+        checkpoint["net_config"] = {**self.net.config, "weights": None}
+        checkpoint["labels"] = self.labels.as_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "labels" in checkpoint:
+            self.labels = LabelSpace(**checkpoint["labels"])
+
     # -- training -----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         self.net.set_output_stride(self.train_output_stride)
@@ -108,7 +136,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self.net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=self.labels.ignore_index)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -133,8 +161,9 @@ class SegmentationModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
-        probs = predict_probabilities(self.net, images, self.eval_scales, self.eval_flip)
-        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=IGNORE_INDEX)
+        protocol = EvalProtocol(self.eval_output_stride, self.eval_scales, self.eval_flip).resolve(self.train_output_stride)
+        probs = predict_probabilities(self.net, images, protocol)
+        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=self.labels.ignore_index)
         self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
         preds = probs.argmax(dim=1)
         self.metrics.update(preds, masks)
@@ -145,7 +174,7 @@ class SegmentationModule(L.LightningModule):
         scores = SegmentationMetrics.scores(confmat)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())
-        for name, iou in zip(VOC_CLASSES, scores["iou"]):
+        for name, iou in zip(self.labels.class_names, scores["iou"]):
             if not torch.isnan(iou):
                 self.log(f"{stage}/iou/{name}", iou.float())
         self.net.set_output_stride(self.train_output_stride)
