@@ -31,6 +31,7 @@ MIOU, MADDS = "val/mIoU", "speed/multiply_adds"
 #: not the numbers): MobileNetV2 from scratch, tiny crops, a few steps, a few val images.
 SMOKE_OVERRIDES = {
     "model.net.init_args.backbone": "mobilenet_v2",
+    "model.net.init_args.multi_grid": None,
     "model.net.init_args.weights": None,
     "data.root": "data/voc-synthetic",
     "data.generate": True,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -28,7 +29,8 @@ class SegmentationDataModule(L.LightningDataModule):
         crop_size: training crop (paper: 513 on VOC, 769 on Cityscapes).
         scale_range / scale_step: random scale range; `scale_step` 0.25 gives the official steps.
         normalization: "imagenet" or "inception"; must match the backbone's weights (checked at fit).
-        batch_size: per device; the paper's global batch is 16 (BN statistics need it).
+        batch_size: the **global** batch (the paper's 16: BN statistics need it), split evenly over the
+            processes (devices × nodes); it must divide by their number.
         val_batch_size: 1 (the official setting), or more with padding labelled 255.
         seed: shuffling and augmentation depend only on (seed, epoch, index).
     """
@@ -43,12 +45,12 @@ class SegmentationDataModule(L.LightningDataModule):
         val_split: str = "val",
         crop_size: int = 513,
         scale_range: tuple[float, float] = (0.5, 2.0),
-        scale_step: float | None = None,
+        scale_step: float | None = 0.25,
         flip_prob: float = 0.5,
         normalization: str = "imagenet",
         batch_size: int = 16,
         val_batch_size: int = 1,
-        num_workers: int = 4,
+        num_workers: int = 8,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
@@ -85,9 +87,25 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    @property
+    def per_process_batch_size(self) -> int:
+        """`batch_size` / number of processes: what one DataLoader yields per step."""
+        _, world = self._rank_world()
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} is the global batch and must divide evenly over "
+                             f"{world} processes (devices × nodes); use a multiple of {world}")
+        return self.batch_size // world
+
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":
+            per_process = self.per_process_batch_size
+            rank_zero_info(f"batch: {self.batch_size} global = {per_process} per process × "
+                           f"{self._rank_world()[1]} processes")
+            if self.trainer is not None:
+                for logger in self.trainer.loggers:
+                    logger.log_hyperparams({"global_batch_size": self.batch_size,
+                                            "per_process_batch_size": per_process})
             transform = train_transform(hp.crop_size, tuple(hp.scale_range), hp.scale_step, hp.flip_prob, self.normalization)
             self.train_set = SegmentationDataset(self.list_samples(hp.train_split), transform, seed=self.seed,
                                                  decode=self.decoder())
@@ -107,11 +125,12 @@ class SegmentationDataModule(L.LightningDataModule):
         # On resume Lightning restores the loader's mid-epoch position (fast-forwarding the sampler)
         # before it calls set_epoch: the sampler must already be in the restored epoch by then.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        if len(sampler) < self.batch_size:
+        batch_size = self.per_process_batch_size
+        if len(sampler) < batch_size:
             raise ValueError(f"{self.hparams.train_split} has {len(sampler)} samples per process, fewer than "
-                             f"data.batch_size={self.batch_size}")
+                             f"the per-process batch {batch_size} (data.batch_size={self.batch_size} over {world})")
         # StatefulDataLoader: Lightning saves its position in the checkpoint and resumes mid-epoch
-        return StatefulDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+        return StatefulDataLoader(self.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                                   **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

@@ -28,7 +28,9 @@ class RandomScaleCrop(v2.Transform):
 
     Equivalent to the official preprocessing (scale, pad, crop), but only the region that survives the
     crop is resized: at scale 2.0 a 500×375 image would otherwise be resized to 1000×750 only to keep
-    a 513×513 window. Images are resized bilinearly, masks with nearest neighbour (v2 dispatch).
+    a 513×513 window. Images are resized bilinearly, masks with pixel-centre nearest neighbour
+    (`NEAREST_EXACT`): torchvision's bilinear samples at pixel centres, and so must the mask, or the
+    labels shift by half a pixel against their image (v2's mask kernel would use legacy `NEAREST`).
     `scale_step` = 0.25 draws from {0.5, 0.75, …, 2.0} like the official code; None is continuous.
     """
 
@@ -63,9 +65,12 @@ class RandomScaleCrop(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if type(inpt) not in self.fill:
             return inpt
-        out = self._call_kernel(F.resized_crop, inpt, params["top"], params["left"], params["height"],
-                                params["width"], params["size"], interpolation=v2.InterpolationMode.BILINEAR,
-                                antialias=True)
+        region = (params["top"], params["left"], params["height"], params["width"])
+        if isinstance(inpt, tv_tensors.Mask):
+            out = F.resize(F.crop(inpt, *region), params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        else:
+            out = self._call_kernel(F.resized_crop, inpt, *region, params["size"],
+                                    interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
         if any(params["padding"]):
             out = self._call_kernel(F.pad, out, params["padding"], fill=self.fill[type(inpt)])
         return out

@@ -45,7 +45,8 @@ class SpeedMonitor(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.cost = protocol_cost(pl_module.net, pl_module.eval_output_stride, pl_module.eval_scales, pl_module.eval_flip)
+        p = pl_module.eval_protocol
+        self.cost = protocol_cost(pl_module.net, p.output_stride, p.scales, p.flip)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
                 logger.experiment.summary.update(self.cost)

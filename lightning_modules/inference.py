@@ -1,6 +1,6 @@
-"""The paper's evaluation protocol: full image on an aligned canvas, optional multi-scale inputs and
-left-right flips, softmax probabilities averaged over all of them (DeepLabv3 §4.2, official
-`predict_labels_multi_scale`)."""
+"""The paper's evaluation protocol: the whole image on an aligned canvas, optional multi-scale inputs and
+left-right flips, softmax probabilities averaged over all of them (DeepLabv3 §4.2, official `eval.py`
+and `predict_labels_multi_scale`). `validate`, `test` and prediction all go through here."""
 from __future__ import annotations
 
 import torch
@@ -11,21 +11,27 @@ from .components.protocol import EvalProtocol, scale_dimension
 
 
 def predict_probabilities(net: nn.Module, images: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
-    """B×C×H×W class probabilities at the input size; `images` normalised, `protocol` resolved."""
+    """B×C×H×W class probabilities for normalised B×3×H×W images, under a resolved `protocol`.
+
+    The batch is pasted into the top-left of the protocol's canvas (padding 0 = the mean pixel after
+    normalisation, as the official code pads with the mean pixel), every scale resizes the whole canvas
+    (which stays aligned: `EvalProtocol` makes (side − 1) a multiple of 4 × output stride), logits come
+    back to canvas size with `align_corners=True`, and the average is cropped to the images.
+    """
     h, w = images.shape[-2:]
-    ch, cw = protocol.canvas_size(h, w)
-    canvas = F.pad(images, (0, cw - w, 0, ch - h))  # 0 = the mean pixel after normalisation
+    canvas_h, canvas_w = protocol.canvas_size(h, w)
+    canvas = F.pad(images, (0, canvas_w - w, 0, canvas_h - h))
     total, count = None, 0
     for scale in protocol.scales:
         x = canvas
         if scale != 1.0:
-            size = (scale_dimension(ch, scale), scale_dimension(cw, scale))
+            size = (scale_dimension(canvas_h, scale), scale_dimension(canvas_w, scale))
             x = F.interpolate(canvas, size=size, mode="bilinear", align_corners=True)
         for flipped in (False, True) if protocol.flip else (False,):
             logits = net(x.flip(-1) if flipped else x)
             logits = logits.flip(-1) if flipped else logits
-            if logits.shape[-2:] != (ch, cw):
-                logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=True)
+            if logits.shape[-2:] != (canvas_h, canvas_w):
+                logits = F.interpolate(logits, size=(canvas_h, canvas_w), mode="bilinear", align_corners=True)
             probs = logits.float().softmax(dim=1)
             total = probs if total is None else total + probs
             count += 1

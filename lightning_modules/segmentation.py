@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -14,10 +15,29 @@ from datamodules.dataset import sample_seed
 from datamodules.reading import LabelSpace
 
 from .components import DeepLabV3Plus
-from .components.protocol import EvalProtocol
+from .components.protocol import PAPER_CROP, protocol_from
 from .inference import predict_probabilities
 from .metrics import SegmentationMetrics
 from .pretrained import load_network_weights
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def decayed_parameters(net: nn.Module, which: str) -> set[int]:
+    """ids of the parameters that get weight decay. "conv_weights" is the official choice: TF-slim puts
+    an L2 regulariser on conv and fully-connected weights only — not on BN γ/β, biases, or depthwise
+    weights (`regularize_depthwise=False` in Xception; no regulariser on ASPP/decoder depthwise convs)."""
+    if which == "all":
+        return {id(p) for p in net.parameters()}
+    if which != "conv_weights":
+        raise ValueError(f"model.weight_decay_params must be 'conv_weights' or 'all', got {which!r}")
+    return {id(m.weight) for m in net.modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and not _is_depthwise(m))}
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels
 
 
 class SegmentationModule(L.LightningModule):
@@ -26,14 +46,21 @@ class SegmentationModule(L.LightningModule):
     Args:
         net: the network; its `output_stride` is the training output stride.
         lr: base learning rate (paper: 0.007 at global batch 16; scale it yourself for other batches).
-        momentum, weight_decay: SGD settings (official code: 0.9 and 4e-5).
-        no_decay_bn_bias: exclude BN parameters and biases from weight decay.
+        momentum, weight_decay: SGD settings (official code: 0.9; 1e-4 for ResNet, 4e-5 for Xception and
+            MobileNetV2).
+        weight_decay_params: "conv_weights" (official): decay on the weights of dense convolutions and
+            linear layers only — not on BN γ/β, biases, or depthwise convolutions (TF-slim regularises
+            none of those: `regularize_depthwise=False`); "all": every parameter.
         poly_power: poly policy power, lr · (1 − step / max_steps)^power, stepped every iteration.
         bn_momentum: BatchNorm momentum for every BN layer; 0.0003 is TF's decay 0.9997. None keeps 0.1.
-        freeze_bn: BN layers stay in eval mode with fixed parameters (the paper's OS8 second stage).
-        eval_output_stride: output stride for validate/test (None = the training output stride).
-        eval_scales / eval_flip: multi-scale inputs (0.5…1.75) and left-right flips, probabilities averaged.
-        channels_last: NHWC memory format (with bf16 this about doubles CPU speed on AMX machines).
+        freeze_bn: BN statistics stay fixed (eval-mode BN) while γ/β keep training — the official
+            `fine_tune_batch_norm=False` of the paper's OS8 second stage.
+        freeze_bn_affine: with `freeze_bn`, freeze γ/β too.
+        eval_output_stride, eval_scales, eval_flip, eval_canvas: the evaluation protocol
+            (`components.protocol.EvalProtocol`): output stride (None = the training one), multi-scale
+            inputs (0.5…1.75), left-right flips, and the aligned canvas images are pasted into (513×513
+            for VOC, the official `eval_crop_size`; None = the smallest aligned size per image).
+        channels_last: NHWC memory format (with bf16 this about doubles speed on GPUs and AMX CPUs).
         init_from: fine-tune: a checkpoint (or saved state dict) whose network weights initialise `net` —
             no optimizer, step or loop state; tensors whose shape differs (another dataset's classifier)
             keep their fresh initialisation, and one log line names them.
@@ -47,30 +74,31 @@ class SegmentationModule(L.LightningModule):
         net: DeepLabV3Plus,
         lr: float = 0.007,
         momentum: float = 0.9,
-        weight_decay: float = 4e-5,
-        no_decay_bn_bias: bool = False,
+        weight_decay: float = 1e-4,
+        weight_decay_params: Literal["conv_weights", "all"] = "conv_weights",
         poly_power: float = 0.9,
-        bn_momentum: float | None = None,
+        bn_momentum: float | None = 0.0003,
         freeze_bn: bool = False,
+        freeze_bn_affine: bool = False,
         eval_output_stride: int | None = None,
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
+        eval_canvas: int | tuple[int, int] | None = (PAPER_CROP, PAPER_CROP),
         channels_last: bool = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
         # `validate --ckpt_path ... --model.eval_scales ...` is not overridden by the checkpoint's values.
-        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip"])
+        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip", "eval_canvas"])
         self.net = net
         self.train_output_stride = net.output_stride
-        self.eval_output_stride = eval_output_stride or net.output_stride
-        self.eval_scales = tuple(eval_scales)
-        self.eval_flip = eval_flip
+        self.eval_protocol = protocol_from(eval_output_stride, eval_scales, eval_flip, eval_canvas).resolve(
+            net.output_stride)
         for m in self._batchnorms():
             if bn_momentum is not None:
                 m.momentum = bn_momentum
-            if freeze_bn:
+            if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
         if init_from:
             load_network_weights(self.net, init_from)
@@ -79,7 +107,7 @@ class SegmentationModule(L.LightningModule):
         self.metrics = SegmentationMetrics(num_classes, self.labels.ignore_index)
 
     def _batchnorms(self) -> list[nn.Module]:
-        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return [m for m in self.net.modules() if isinstance(m, _BATCHNORMS)]
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         super().train(mode)
@@ -98,6 +126,8 @@ class SegmentationModule(L.LightningModule):
             self.labels = labels
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        for logger in self.loggers:
+            logger.log_hyperparams({"eval_protocol": self.eval_protocol.as_dict()})
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -142,27 +172,24 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (no_decay if hp.no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        decay = decayed_parameters(self.net, hp.weight_decay_params)
+        groups = [{"name": "decay", "weight_decay": hp.weight_decay,
+                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) in decay]},
+                  {"name": "no_decay", "weight_decay": 0.0,
+                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in decay]}]
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=hp.lr, momentum=hp.momentum, foreach=True)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         scheduler = PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation (validate, test and evaluation from a checkpoint share this path) ----------------
     def _eval_epoch_start(self) -> None:
-        self.net.set_output_stride(self.eval_output_stride)
+        self.net.set_output_stride(self.eval_protocol.output_stride)
         self.metrics.reset()
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
-        protocol = EvalProtocol(self.eval_output_stride, self.eval_scales, self.eval_flip).resolve(self.train_output_stride)
-        probs = predict_probabilities(self.net, images, protocol)
+        probs = predict_probabilities(self.net, images, self.eval_protocol)
         loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=self.labels.ignore_index)
         self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
         preds = probs.argmax(dim=1)
@@ -196,3 +223,12 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    # -- prediction (`experiments.predict` runs the same `predict_probabilities` without a trainer) ----
+    def on_predict_epoch_start(self) -> None:
+        self.net.set_output_stride(self.eval_protocol.output_stride)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """N×H×W class indices of a batch of normalised images (or (images, masks) pairs)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return predict_probabilities(self.net, images, self.eval_protocol).argmax(dim=1)
