@@ -18,7 +18,7 @@ from lightning_modules.pretrained import load_model
 
 
 def _fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
-    args = tiny_args(root, run_dir, max_steps=3, **{"data.train_split": "train"})
+    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "2"})
     # the layout's class_path goes right after the config, before its init_args
     return ["fit", *args[:2], f"--data={layout}", *args[2:], *extra]
 
@@ -30,9 +30,9 @@ def _logged_ious(run_dir) -> set[str]:
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
-    """(dataset root, last.ckpt) of 3 training steps on the generated 5-class folder dataset."""
+    """(dataset root, run directory, last.ckpt) of 2 training steps on the generated 5-class folder dataset."""
     tmp = tmp_path_factory.mktemp("shapes")
-    root = synthetic.generate_folder(tmp / "data")
+    root = synthetic.generate_folder(tmp / "data", n_train=8, n_val=4)
     run_dir = tmp / "run"
     run_cli(*_fit_args("datamodules.folder.FolderDataModule", root, run_dir))
     return root, run_dir, next(run_dir.rglob("last.ckpt"))
@@ -45,7 +45,7 @@ def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
     net = load_model(ckpt)  # the two-line load: no trainer, eval mode, labels from the dataset
     assert not net.training and net.class_names == synthetic.FOLDER_CLASSES and net.classifier.out_channels == 5
     assert folder.main(["--check", str(root)]) == 0
-    assert "train: 12 samples OK" in capsys.readouterr().out
+    assert "train: 8 samples OK" in capsys.readouterr().out
     (root / "classes.txt").write_text("background\nonly one colour 1 2\n")
     with pytest.raises(folder.DatasetError, match=r"classes.txt:2: .*expected 'name' or 'name R G B'"):
         folder.read_classes(root / "classes.txt")
@@ -114,9 +114,9 @@ def test_exported_onnx_matches_pytorch_and_predict(shapes_run, tmp_path):
 
 def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capsys):
     _, _, ckpt = shapes_run
-    root = synthetic.generate_cityscapes(tmp_path / "cityscapes")
+    root = synthetic.generate_cityscapes(tmp_path / "cityscapes", n_train=8, n_val=4)
     assert cityscapes.main(["--check", str(root)]) == 0
-    assert "val: 6 samples OK" in capsys.readouterr().out
+    assert "val: 4 samples OK" in capsys.readouterr().out
     sample = cityscapes.list_cityscapes_split(root, "val")[0]
     stored = decode_mask(sample.mask)
     _, mask = cityscapes.CityscapesDataModule(str(root)).decoder()(sample)
