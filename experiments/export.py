@@ -4,9 +4,9 @@
     python -m experiments.export --ckpt_path ... --output model.pt2 --output_stride 8
 
 The exported graph takes what a deployment has: a uint8 RGB image batch, N×3×H×W, any H and W; the
-backbone's input normalisation is inside the graph. It returns float logits N×C×H×W (argmax over C
-gives the class indices). It runs the network on the image as given, one scale, no flip: for
-predictions aligned exactly like `experiments.predict`'s, pad H and W to k·output_stride + 1.
+backbone's input normalisation is inside the graph, and so is `experiments.predict`'s default canvas
+(the image padded bottom/right with the mean pixel to the smallest aligned size, the logits cropped
+back). It returns float logits N×C×H×W (argmax over C gives the class indices) for one scale, no flip.
 """
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from datamodules.transforms import NORMALIZATIONS
+from lightning_modules.components.protocol import SCALE_GRANULARITY
 from lightning_modules.pretrained import load_model
 
 #: smallest side the graph accepts: the backbone's stride-32 stage needs a few pixels
@@ -26,18 +28,27 @@ MIN_SIDE = 33
 
 
 class NormalizedSegmenter(nn.Module):
-    """uint8 RGB N×3×H×W → logits N×C×H×W, with the backbone's normalisation as the first op."""
+    """uint8 RGB N×3×H×W → logits N×C×H×W: normalisation, the aligned canvas, the network, the crop.
+
+    The canvas is `EvalProtocol(canvas=None)`'s: (side − 1) a multiple of 4 × output stride, so feature
+    cells land on pixels exactly as in `validate` and `experiments.predict` (normalised padding 0 = the
+    mean pixel, as `predict_probabilities` pads)."""
 
     def __init__(self, net: nn.Module, normalization: str) -> None:
         super().__init__()
         self.net = net
+        self.align = SCALE_GRANULARITY * net.output_stride
         mean, std = NORMALIZATIONS[normalization]
         # (x / 255 − mean) / std = x · scale + shift
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std)).view(1, 3, 1, 1))
         self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image.float() * self.scale + self.shift)
+        h, w = image.shape[-2:]
+        x = image.float() * self.scale + self.shift
+        a = self.align
+        x = F.pad(x, (0, (a - (w - 1) % a) % a, 0, (a - (h - 1) % a) % a))
+        return self.net(x)[..., :h, :w]
 
 
 def exportable(net: nn.Module, output_stride: int | None = None) -> NormalizedSegmenter:

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.overlay:
                     save_overlay(image, mask, net.labels, out / f"{names[path]}_overlay.jpg")
                 written += 1
-            bar.update(len(batch))
+            bar.update(written + len(skipped) - bar.n)  # unreadable files count as done too
     for problem in skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(f"wrote {written} masks to {out} ({protocol.describe()}); skipped {len(skipped)} unreadable inputs")

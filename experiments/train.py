@@ -7,6 +7,7 @@
         --model.eval_scales '[0.5,0.75,1.0,1.25,1.5,1.75]' --model.eval_flip true
 
 `experiments/configs/base.yaml` is always read first; a named config only says what differs.
+Segment your own images with `python -m experiments.predict` (README "Use a trained model").
 """
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def gpu_run(accelerator) -> bool:
 
 
 class TrainCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Predicting on your own images is `experiments.predict` (files in, palette PNGs out), not a trainer loop.
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser) -> None:
         # The dataset is data: VOC unless `data.class_path` names another layout (FolderDataModule,
         # CityscapesDataModule), and the network's class count is the datamodule's.

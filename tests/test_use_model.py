@@ -88,6 +88,14 @@ def test_predict_writes_one_palette_png_per_image_at_its_size(shapes_run, tmp_pa
     assert mask.getpalette()[:15] == [v for color in net.palette for v in color]
     assert int(np.asarray(mask).max()) < 5
 
+    # the evaluation protocol and an explicit downscale: the mask still has the image's size
+    glob = str(tmp_path / "in" / "screen*.png")
+    assert predict.main(["--ckpt_path", str(ckpt), "--input", glob, "--output", str(tmp_path / "ms"),
+                         "--output_stride", "8", "--scales", "0.75", "1.0", "--flip", "--max_side", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 masks" in out and "(OS8 MS flip)" in out
+    assert Image.open(tmp_path / "ms" / "screenshot.png").size == expected["screenshot"]
+
 
 def test_exported_onnx_matches_pytorch_and_predict(shapes_run, tmp_path):
     import onnxruntime as ort
