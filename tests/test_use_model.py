@@ -55,7 +55,7 @@ def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
 def _user_images(directory) -> dict[str, tuple[int, int]]:
     """Images of the kinds users have, with the (width, height) a viewer shows; and one corrupt file."""
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
     directory.mkdir()
     Image.fromarray(rgb).save(directory / "photo.jpg")
     Image.fromarray(rgb[:90, :130]).save(directory / "screenshot.png")
@@ -67,7 +67,7 @@ def _user_images(directory) -> dict[str, tuple[int, int]]:
     exif[0x0112] = 6
     rotated.save(directory / "phone.jpg", exif=exif)
     (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    return {"photo": (500, 375), "screenshot": (130, 90), "gray": (50, 70), "logo": (80, 60), "print": (96, 64),
+    return {"photo": (200, 150), "screenshot": (130, 90), "gray": (50, 70), "logo": (80, 60), "print": (96, 64),
             "phone": (80, 40)}
 
 
