@@ -43,6 +43,7 @@ SMOKE_OVERRIDES = {
     "trainer.val_check_interval": 20,
     "model.lr": 0.02,
     "model.bn_momentum": None,  # TF's 0.9997 barely moves BN statistics in 20 steps
+    "model.backbone_bn_momentum": None,
     "trainer.limit_val_batches": 3,
     "trainer.num_sanity_val_steps": 0,
     "trainer.precision": "bf16-mixed",

@@ -52,7 +52,13 @@ class SegmentationModule(L.LightningModule):
             linear layers only — not on BN γ/β, biases, or depthwise convolutions (TF-slim regularises
             none of those: `regularize_depthwise=False`); "all": every parameter.
         poly_power: poly policy power, lr · (1 − step / max_steps)^power, stepped every iteration.
-        bn_momentum: BatchNorm momentum for every BN layer; 0.0003 is TF's decay 0.9997. None keeps 0.1.
+        bias_lr_multiplier: learning-rate factor for biases (only the classifier has one): 2 in the official
+            `get_model_gradient_multipliers`.
+        bn_momentum: BatchNorm momentum of the ASPP and decoder; 0.0003 is TF's decay 0.9997. None keeps
+            PyTorch's 0.1.
+        backbone_bn_momentum: BatchNorm momentum of the backbone; "official" is the official code's
+            value for that backbone (ResNet 0.05 = decay 0.95, Xception 0.0003, MobileNetV2 0.003);
+            None keeps PyTorch's 0.1.
         freeze_bn: BN statistics stay fixed (eval-mode BN) while γ/β keep training — the official
             `fine_tune_batch_norm=False` of the paper's OS8 second stage.
         freeze_bn_affine: with `freeze_bn`, freeze γ/β too.
@@ -76,8 +82,10 @@ class SegmentationModule(L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         weight_decay_params: Literal["conv_weights", "all"] = "conv_weights",
+        bias_lr_multiplier: float = 2.0,
         poly_power: float = 0.9,
         bn_momentum: float | None = 0.0003,
+        backbone_bn_momentum: float | Literal["official"] | None = "official",
         freeze_bn: bool = False,
         freeze_bn_affine: bool = False,
         eval_output_stride: int | None = None,
@@ -95,9 +103,13 @@ class SegmentationModule(L.LightningModule):
         self.train_output_stride = net.output_stride
         self.eval_protocol = protocol_from(eval_output_stride, eval_scales, eval_flip, eval_canvas).resolve(
             net.output_stride)
+        if backbone_bn_momentum == "official":
+            backbone_bn_momentum = net.backbone.official_bn_momentum
+        backbone_bns = {id(m) for m in net.backbone.modules()}
         for m in self._batchnorms():
-            if bn_momentum is not None:
-                m.momentum = bn_momentum
+            momentum = backbone_bn_momentum if id(m) in backbone_bns else bn_momentum
+            if momentum is not None:
+                m.momentum = momentum
             if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
         if init_from:
@@ -173,11 +185,18 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         decay = decayed_parameters(self.net, hp.weight_decay_params)
-        groups = [{"name": "decay", "weight_decay": hp.weight_decay,
-                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) in decay]},
-                  {"name": "no_decay", "weight_decay": 0.0,
-                   "params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in decay]}]
-        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=hp.lr, momentum=hp.momentum, foreach=True)
+        biases = {id(m.bias) for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None}
+        groups: dict[str, dict] = {
+            "decay": {"params": [], "weight_decay": hp.weight_decay, "lr": hp.lr},
+            "no_decay": {"params": [], "weight_decay": 0.0, "lr": hp.lr},
+            "bias": {"params": [], "weight_decay": hp.weight_decay if hp.weight_decay_params == "all" else 0.0,
+                     "lr": hp.lr * hp.bias_lr_multiplier},
+        }
+        for p in self.net.parameters():
+            if p.requires_grad:
+                groups["bias" if id(p) in biases else "decay" if id(p) in decay else "no_decay"]["params"].append(p)
+        optimizer = torch.optim.SGD([{"name": name, **group} for name, group in groups.items() if group["params"]],
+                                    lr=hp.lr, momentum=hp.momentum, foreach=True)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         scheduler = PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -37,7 +37,7 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
     run_dir = tmp_path / "ddp"
     full_val = "--trainer.limit_val_batches=1.0"
     run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=4), full_val, f"--config={extra}",
-            "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=2")
+            "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=4")
     # PyTorch's SyncBatchNorm is GPU-only, so a CPU run keeps per-process BN (and says so)
     assert bn_file.read_text().split() == ["BatchNorm2d"]
     (ddp_run,) = read_runs(run_dir)
@@ -47,5 +47,6 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
     run_cli("validate", *tiny_args(voc_root, eval_dir), full_val, f"--ckpt_path={next(run_dir.rglob('last.ckpt'))}")
     (single,) = read_runs(eval_dir)
     assert single.metric("val/mIoU")[0][1] == pytest.approx(ddp_miou, abs=1e-6)
-    # the global batch is per-device batch × processes: 4 images per step, 4 steps
+    # data.batch_size is the global batch: 2 images per process, 4 per step, 4 steps
+    assert ddp_run.config["global_batch_size"] == 4 and ddp_run.config["per_process_batch_size"] == 2
     assert ddp_run.summary["trainer/global_step"] in (3, 4)

@@ -162,17 +162,6 @@ def test_miou_from_one_confusion_matrix():
     assert scores["pixel_accuracy"].item() == pytest.approx(5 / 6)
 
 
-def test_frozen_bn_and_bn_momentum():
-    module = SegmentationModule(DeepLabV3Plus("mobilenet_v2"), freeze_bn=True, freeze_bn_affine=True, bn_momentum=0.0003)
-    module.train()
-    bns = [m for m in module.net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training and m.momentum == 0.0003 for m in bns)
-    assert all(not p.requires_grad for m in bns for p in m.parameters())
-    before = bns[0].running_mean.clone()
-    module.net(torch.randn(1, 3, 65, 65))  # batch 1 trains with frozen BN
-    assert torch.equal(before, bns[0].running_mean)
-
-
 def test_normalization_must_match_the_weights(voc_root, tmp_path):
     import torchvision
 

@@ -25,6 +25,9 @@ class Backbone(nn.Module):
     channels: dict[str, int]
     #: input normalisation the ImageNet weights expect: "imagenet" (mean/std) or "inception" ([-1, 1])
     normalization: str = "imagenet"
+    #: BatchNorm momentum of the official code for this backbone (1 − TF-slim decay); the ASPP and
+    #: decoder use 0.0003 (decay 0.9997) whatever the backbone
+    official_bn_momentum: float = 0.0003
     #: stride of everything before the first unit
     stem_stride: int = 2
 

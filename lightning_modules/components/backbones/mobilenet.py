@@ -13,12 +13,15 @@ _TAPS = {"stride4": 3, "stride8": 6}
 
 
 class MobileNetV2Backbone(Backbone):
+
     """torchvision MobileNetV2 without its 1280-channel conv (`features[18]`), as the official code.
 
     Taps are the depthwise outputs of TF's layer_4 (144 ch, stride 4) and layer_7 (192 ch, stride 8);
     the encoder output is the 320-channel block. `weights`: "IMAGENET1K_V1"/"IMAGENET1K_V2" or a path
     to a state dict of `torchvision.models.mobilenet_v2()`.
     """
+
+    official_bn_momentum = 0.003  # slim mobilenet training_scope(bn_decay=0.997)
 
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ class ResNetBackbone(Backbone):
     """
 
     stem_stride = 4  # 7×7 conv stride 2 + max pool stride 2
+    official_bn_momentum = 0.05  # feature_extractor.py: resnet_arg_scope(batch_norm_decay=0.95)
 
     def __init__(self, depth: int = 101, weights: str | None = None, multi_grid: Sequence[int] | None = None) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ class XceptionBackbone(Backbone):
     """
 
     normalization = "inception"
+    official_bn_momentum = 0.0003  # feature_extractor.py: batch_norm_decay=0.9997 (ε 1e-3, as timm's)
 
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()
