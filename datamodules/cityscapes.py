@@ -15,6 +15,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from . import synthetic
 from .base import SegmentationDataModule
 from .reading import DatasetError, LabelSpace, Sample, check_splits, decode_sample, label_lookup
 
@@ -57,13 +58,21 @@ class CityscapesDataModule(SegmentationDataModule):
 
     Args:
         root: directory holding `leftImg8bit/` and `gtFine/`.
-        crop_size: 769, the official training crop. Every other argument: `SegmentationDataModule`.
+        crop_size: 769, the official training crop.
+        generate: write a small generated tree in this layout (`datamodules.synthetic`) to `root` if it has
+            no `leftImg8bit/` yet — for smoke runs and tests, never for real data.
+        Every other argument: `SegmentationDataModule`.
     """
 
     labels = CITYSCAPES_LABELS
 
-    def __init__(self, root: str = "data/cityscapes", crop_size: int = 769, **kwargs) -> None:
+    def __init__(self, root: str = "data/cityscapes", crop_size: int = 769, generate: bool = False, **kwargs) -> None:
         super().__init__(root=root, crop_size=crop_size, **kwargs)
+        self.generate = generate
+
+    def prepare_data(self) -> None:
+        if self.generate and not (Path(self.root) / "leftImg8bit").exists():
+            synthetic.generate_cityscapes(self.root, seed=self.seed)
 
     def list_samples(self, split: str) -> list[Sample]:
         return list_cityscapes_split(self.root, split)
