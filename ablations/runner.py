@@ -16,23 +16,24 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import compose, eval_protocol, to_cli_args
+from experiments.config import compose, eval_protocol, net_kwargs, to_cli_args
+from experiments.paper import Row, Table, evaluation, net, protocol_row  # noqa: F401 (the table vocabulary)
 from experiments.wandb_offline import read_runs
-from lightning_modules.components.complexity import MS_SCALES
+from lightning_modules.components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, protocol_cost
 
 REPO = Path(__file__).resolve().parent.parent
-MIOU, MADDS = "val/mIoU", "speed/multiply_adds"
+MIOU, MADDS = "val/mIoU", MULTIPLY_ADDS_TF  # the TF-graph count: comparable with the paper's
 
 #: `--profile smoke`: the whole table on the generated data on a CPU in minutes (checks the plumbing,
 #: not the numbers): MobileNetV2 from scratch, tiny crops, a few steps, a few val images.
 SMOKE_OVERRIDES = {
     "model.net.init_args.backbone": "mobilenet_v2",
-    "model.net.init_args.multi_grid": None,
     "model.net.init_args.weights": None,
+    "model.net.init_args.multi_grid": None,  # ResNet-only (Table 3 rows set it)
     "data.root": "data/voc-synthetic",
     "data.generate": True,
     "data.normalization": "imagenet",
@@ -50,36 +51,6 @@ SMOKE_OVERRIDES = {
     "trainer.enable_progress_bar": False,
     "model.channels_last": True,
 }
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    train: dict[str, Any]
-    eval: dict[str, Any] = field(default_factory=dict)
-    paper_miou: float | None = None
-    paper_multiply_adds: float | None = None  # billions
-    reproducible: bool = True
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    title: str
-    config: str
-    rows: list[Row]
-
-
-def net(**kwargs: Any) -> dict[str, Any]:
-    return {f"model.net.init_args.{k}": v for k, v in kwargs.items()}
-
-
-def evaluation(output_stride: int | None = None, ms: bool = False, flip: bool = False) -> dict[str, Any]:
-    protocol: dict[str, Any] = {"model.eval_scales": list(MS_SCALES) if ms else [1.0], "model.eval_flip": flip}
-    if output_stride:
-        protocol["model.eval_output_stride"] = output_stride
-    return protocol
 
 
 def training_key(row: Row) -> str:
@@ -164,27 +135,28 @@ class Runner:
         return Job("eval", run_dir, ["validate", "--config", self.table.config, *to_cli_args(overrides),
                                      "--ckpt_path", str(checkpoint)])
 
-    def our_multiply_adds(self, row: Row) -> float:
-        from experiments.complexity import config_cost
-        config = compose([REPO / self.table.config], {**row.train, **row.eval, **self.base_overrides})
-        return config_cost(config)["multiply_adds_billions"]
-
     # -- the three phases ------------------------------------------------------------------------------
     def plan(self) -> str:
+        """Every row with its evaluation protocol and Multiply-Adds — TF-graph count (comparable with the
+        paper's) and plain count (what this code executes) — and the runs it takes."""
         lines = [f"{self.table.title} — profile {self.profile}", "",
-                 f"{'row':<38} {'training':<10} {'eval':<24} {'ours MAdds':>11} {'paper MAdds':>12} {'paper mIoU':>11}"]
+                 f"{'row':<38} {'training':<10} {'eval':<16} {'paper MAdds':>11} {'ours TF':>10} {'ours plain':>10} "
+                 f"{'paper mIoU':>10}"]
         for row in self.table.rows:
-            protocol = eval_protocol(compose([REPO / self.table.config], {**row.train, **row.eval}))
-            described = f"OS{protocol['output_stride']}" + (" MS" if len(protocol["scales"]) > 1 else "") + \
-                        (" flip" if protocol["flip"] else "")
-            ours = f"{self.our_multiply_adds(row):.2f}B"
+            config = compose([REPO / self.table.config], {**row.train, **row.eval, **self.base_overrides})
+            protocol = eval_protocol(config)
+            cost = protocol_cost(net_kwargs(config), protocol)
             paper = f"{row.paper_multiply_adds:.2f}B" if row.paper_multiply_adds else "-"
             miou = f"{row.paper_miou:.2f}%" if row.paper_miou else "-"
             train = training_key(row) if row.reproducible else "skipped"
-            lines.append(f"{row.name:<38} {train:<10} {described:<24} {ours:>11} {paper:>12} {miou:>11}")
+            lines.append(f"{row.name:<38} {train:<10} {protocol.describe():<16} {paper:>11} "
+                         f"{cost[MULTIPLY_ADDS_TF]:>9.2f}B {cost[MULTIPLY_ADDS]:>9.2f}B {miou:>10}")
             if not row.reproducible:
                 lines.append(f"{'':<38} ↳ not reproducible here: {row.note}")
-        lines += ["", f"{len(self.trainings())} trainings, {len(self.rows())} evaluations"]
+        lines += ["", "Multiply-Adds at 513×513 for the whole evaluation protocol. TF: counted as tfprof counts the "
+                      "official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
+                      "plain: what this code executes.",
+                  f"{len(self.trainings())} trainings, {len(self.rows())} evaluations"]
         return "\n".join(lines)
 
     def jobs(self) -> list[Job]:
@@ -326,13 +298,3 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     print((runner.out / (table.name if args.profile == "paper" else f"{table.name}-{args.profile}")).with_suffix(".md").read_text())
     return 0
 
-
-def protocol_row(train_os: int, eval_os: int, decoder: bool, ms: bool, flip: bool, miou: float, madds: float,
-                 separable: bool | None = None, reproducible: bool = True, note: str = "", suffix: str = "") -> Row:
-    """A row of the inference-strategy tables (3 and 5): what is trained, and how it is evaluated."""
-    train = net(output_stride=train_os, decoder="3x3:256,3x3:256" if decoder else "none")
-    if separable is not None:
-        train.update(net(aspp_separable=separable, decoder_separable=separable))
-    name = f"train{train_os}-eval{eval_os}" + "".join(
-        f"-{flag}" for flag, on in (("dec", decoder), ("ms", ms), ("flip", flip), ("sc", separable)) if on) + suffix
-    return Row(name, train, evaluation(eval_os, ms, flip), miou, madds, reproducible, note)

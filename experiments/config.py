@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from lightning_modules.components.protocol import PAPER_CROP, EvalProtocol, protocol_from
+
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
 
 
@@ -42,14 +44,13 @@ def net_kwargs(config: dict) -> dict:
     return dict(config["model"]["net"].get("init_args", {}))
 
 
-def eval_protocol(config: dict) -> dict:
-    """eval_output_stride, eval_scales and eval_flip as SegmentationModule resolves them."""
-    model, net = config["model"], net_kwargs(config)
-    return {
-        "output_stride": model.get("eval_output_stride") or net.get("output_stride", 16),
-        "scales": tuple(model.get("eval_scales", (1.0,))),
-        "flip": bool(model.get("eval_flip", False)),
-    }
+def eval_protocol(config: dict) -> EvalProtocol:
+    """The evaluation protocol as SegmentationModule resolves it: `model.eval_output_stride` (None = the
+    net's training output stride), `model.eval_scales`, `model.eval_flip`, `model.eval_canvas` ([513, 513])."""
+    model = config["model"]
+    protocol = protocol_from(model.get("eval_output_stride"), model.get("eval_scales", (1.0,)),
+                             bool(model.get("eval_flip", False)), model.get("eval_canvas", [PAPER_CROP, PAPER_CROP]))
+    return protocol.resolve(net_kwargs(config).get("output_stride", 16))
 
 
 def to_cli_args(overrides: Mapping[str, Any]) -> list[str]:

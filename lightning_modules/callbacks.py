@@ -11,18 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .components import DeepLabV3Plus
-from .components.complexity import build_on_meta, count_multiply_adds, count_parameters
-
-
-def protocol_cost(net: DeepLabV3Plus, eval_output_stride: int, scales, flip: bool) -> dict[str, float]:
-    """Multiply-Adds (billions) of the evaluation protocol at 513×513 and parameters (millions)."""
-    meta = build_on_meta(lambda: DeepLabV3Plus(**{**net.config, "weights": None}))
-    meta.set_output_stride(eval_output_stride)
-    return {
-        "speed/multiply_adds": count_multiply_adds(meta, scales=scales, flip=flip) / 1e9,
-        "speed/parameters": count_parameters(meta) / 1e6,
-    }
+from .components.complexity import protocol_cost
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -45,8 +34,7 @@ class SpeedMonitor(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        p = pl_module.eval_protocol
-        self.cost = protocol_cost(pl_module.net, p.output_stride, p.scales, p.flip)
+        self.cost = protocol_cost(pl_module.net.config, pl_module.eval_protocol)  # speed/multiply_adds(_tf), speed/parameters
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
                 logger.experiment.summary.update(self.cost)

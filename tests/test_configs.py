@@ -3,7 +3,6 @@ overlay (`smoke.yaml`), then `validate` from the checkpoint it wrote — a confi
 builds fails here, not on a cluster."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

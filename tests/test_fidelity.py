@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
