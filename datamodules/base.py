@@ -106,7 +106,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 for logger in self.trainer.loggers:
                     logger.log_hyperparams({"global_batch_size": self.batch_size,
                                             "per_process_batch_size": per_process})
-            transform = train_transform(hp.crop_size, tuple(hp.scale_range), hp.scale_step, hp.flip_prob, self.normalization)
+            transform = train_transform(hp.crop_size, tuple(hp.scale_range), hp.scale_step, hp.flip_prob,
+                                        self.normalization)
             self.train_set = SegmentationDataset(self.list_samples(hp.train_split), transform, seed=self.seed,
                                                  decode=self.decoder())
         self.val_set = SegmentationDataset(self.list_samples(hp.val_split), eval_transform(self.normalization),
@@ -135,8 +136,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, sampler=ShardSampler(len(self.val_set), rank, world),
-                          collate_fn=pad_collate, **self._loader_kwargs())
+        return DataLoader(self.val_set, batch_size=self.val_batch_size,
+                          sampler=ShardSampler(len(self.val_set), rank, world), collate_fn=pad_collate,
+                          **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
         # test labels of VOC and Cityscapes are not public: `test` evaluates `val_split` with the same protocol

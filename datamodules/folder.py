@@ -47,7 +47,8 @@ def list_folder_split(root: str | Path, split: str, image_dir: str = "images", m
     """The samples whose ids `splits/<split>.txt` lists, in file order."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} not found: expected classes.txt, {image_dir}/, {mask_dir}/, {split_dir}/")
+        raise DatasetError(f"dataset folder {root} not found: expected classes.txt, {image_dir}/, {mask_dir}/, "
+                           f"{split_dir}/")
     images = {p.stem: p for p in sorted((root / image_dir).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
     samples = []
     for i in read_ids(root / split_dir / f"{split}.txt", f"the ids of split {split!r}, one per line"):

@@ -88,7 +88,8 @@ def label_lookup(mapping: dict[int, int], default: int = IGNORE_INDEX) -> torch.
     return table
 
 
-def decode_sample(sample: Sample, num_classes: int, lookup: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_sample(sample: Sample, num_classes: int,
+                  lookup: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 image 3×H×W, uint8 mask 1×H×W of class indices); DatasetError naming the file otherwise.
 
     `lookup` maps the stored ids to class indices first (Cityscapes label ids → train ids)."""
@@ -129,7 +130,8 @@ def decode_mask(path: Path) -> torch.Tensor:
         try:
             seg = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
         except Exception as e:  # scipy raises several types for corrupt files
-            raise DatasetError(f"{path}: cannot read the SBD mask ({e}); expected a .mat with GTcls.Segmentation") from None
+            raise DatasetError(f"{path}: cannot read the SBD mask ({e}); "
+                               "expected a .mat with GTcls.Segmentation") from None
         return torch.from_numpy(np.ascontiguousarray(seg, dtype=np.uint8))[None]
     try:
         mask = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)

@@ -81,7 +81,8 @@ def normalize(images: torch.Tensor, normalization: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def segment(net: torch.nn.Module, images: torch.Tensor, protocol: EvalProtocol, max_side: int | None = None) -> torch.Tensor:
+def segment(net: torch.nn.Module, images: torch.Tensor, protocol: EvalProtocol,
+            max_side: int | None = None) -> torch.Tensor:
     """N×H×W class indices of uint8 N×3×H×W images (all one size) under a resolved `protocol`.
 
     With `max_side`, an image whose longer side exceeds it is downscaled for the network and the class
@@ -104,7 +105,8 @@ def save_mask(labels: torch.Tensor, labelspace: LabelSpace, path: Path) -> None:
     png.save(path)
 
 
-def save_overlay(image: torch.Tensor, labels: torch.Tensor, labelspace: LabelSpace, path: Path, alpha: float = 0.5) -> None:
+def save_overlay(image: torch.Tensor, labels: torch.Tensor, labelspace: LabelSpace, path: Path,
+                 alpha: float = 0.5) -> None:
     colors = torch.tensor(labelspace.palette + ((255, 255, 255),), dtype=torch.float32)
     painted = colors[labels.cpu().long().clamp(max=len(labelspace.palette))].permute(2, 0, 1)
     blend = (image.float() * (1 - alpha) + painted * alpha).round().clamp(0, 255).to(torch.uint8)
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlay", action="store_true", help="also write the image with the mask blended in")
     parser.add_argument("--output_stride", type=int, choices=(8, 16, 32), default=None,
                         help="evaluation output stride (default: the training output stride)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inputs, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="multi-scale inputs, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
     parser.add_argument("--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="smallest evaluation canvas (official: 513 513 for VOC, 1025 2049 for Cityscapes); "

@@ -27,7 +27,8 @@ def _read(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises several types for torn or foreign files
-        raise ValueError(f"{path}: cannot read the checkpoint ({e}); expected a Lightning .ckpt or a saved state dict") from None
+        raise ValueError(f"{path}: cannot read the checkpoint ({e}); "
+                         "expected a Lightning .ckpt or a saved state dict") from None
 
 
 def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -53,8 +54,9 @@ def load_network_weights(net: nn.Module, path: str | Path) -> list[str]:
     details = [f"{k} {tuple(source[k].shape)}→{tuple(own[k].shape)}" if k in source else f"{k} (absent)"
                for k in skipped]
     unused = sorted(set(source) - set(own))
+    unused_note = f"; unused from the checkpoint: {', '.join(unused)}" if unused else ""
     rank_zero_info(f"init_from {path}: loaded {len(loadable)}/{len(own)} tensors; not loaded, kept as initialised: "
-                   f"{', '.join(details) or 'none'}" + (f"; unused from the checkpoint: {', '.join(unused)}" if unused else ""))
+                   f"{', '.join(details) or 'none'}{unused_note}")
     return skipped
 
 

@@ -75,7 +75,8 @@ def test_predict_writes_one_palette_png_per_image_at_its_size(shapes_run, tmp_pa
     _, _, ckpt = shapes_run
     expected = _user_images(tmp_path / "in")
     out = tmp_path / "out"
-    assert predict.main(["--ckpt_path", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(out), "--overlay"]) == 0
+    args = ["--ckpt_path", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(out), "--overlay"]
+    assert predict.main(args) == 0
     captured = capsys.readouterr()
     assert f"skipped {tmp_path / 'in' / 'broken.jpg'}" in captured.err
     assert "wrote 6 masks" in captured.out and "skipped 1 unreadable" in captured.out
