@@ -134,7 +134,8 @@ class SegmentationModule(L.LightningModule):
         if labels is not None:
             if labels.num_classes != self.labels.num_classes:
                 raise ValueError(f"the datamodule has {labels.num_classes} classes but the network predicts "
-                                 f"{self.labels.num_classes}: set model.net.init_args.num_classes or use the CLI's link")
+                                 f"{self.labels.num_classes}: set model.net.init_args.num_classes to "
+                                 f"{labels.num_classes} (experiments.train links them)")
             self.labels = labels
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)

@@ -18,7 +18,7 @@ from lightning_modules.pretrained import load_model
 
 
 def _fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
-    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "2"})
+    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
     # the layout's class_path goes right after the config, before its init_args
     return ["fit", *args[:2], f"--data={layout}", *args[2:], *extra]
 
