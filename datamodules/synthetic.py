@@ -201,8 +201,10 @@ def generate_folder(out: str | Path, seed: int = 0, n_train: int = 12, n_val: in
     return out
 
 
-def generate_cityscapes(out: str | Path, seed: int = 0, n_train: int = 12, n_val: int = 6) -> Path:
-    """A small tree in the Cityscapes layout (leftImg8bit PNGs, gtFine labelIds PNGs; small images)."""
+def generate_cityscapes(out: str | Path, seed: int = 0, n_train: int = 12, n_val: int = 6,
+                        size: tuple[int, int] = (128, 256)) -> Path:
+    """A small tree in the Cityscapes layout (leftImg8bit PNGs, gtFine labelIds PNGs), images of `size`
+    (height, width): Cityscapes' 1:2 aspect at 1/8 of its 1024×2048."""
     out = Path(out)
     to_ids = np.zeros(256, np.uint8)  # boundary band → label id 0 ("unlabeled")
     for label, label_id in CITYSCAPES_IDS.items():
@@ -212,6 +214,8 @@ def generate_cityscapes(out: str | Path, seed: int = 0, n_train: int = 12, n_val
             city = cities[n % len(cities)]
             stem = f"{city}_{n:06d}_000019"
             image, mask = render(seed, f"{split}/{stem}")
+            image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+            mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.NEAREST))
             for kind, suffix, array in (("leftImg8bit", "leftImg8bit", image),
                                         ("gtFine", "gtFine_labelIds", to_ids[with_boundary(mask)])):
                 folder = out / kind / split / city
