@@ -144,10 +144,24 @@ def decode_mask(path: Path) -> torch.Tensor:
 
 
 def read_ids(path: Path, what: str) -> list[str]:
-    """Ids of a split file (first word of each non-empty line)."""
+    """Ids of a split file (first word of each non-empty line); an empty file is an error."""
     if not path.is_file():
         raise DatasetError(f"missing split file {path}: expected {what}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path}: empty split file; expected {what}, one image id per line")
+    return ids
+
+
+def check_files(samples: dict[str, Sample], listed_in: dict[str, Path]) -> None:
+    """Every listed id has its image and mask: a split naming files that are not there is a wrong tree
+    (a partial download or the wrong root), not something to train around."""
+    for image_id, sample in samples.items():
+        for path in (sample.image, sample.mask):
+            if not path.is_file():
+                missing = sum(not s.image.is_file() or not s.mask.is_file() for s in samples.values())
+                raise DatasetError(f"{listed_in[image_id]}: lists {image_id} but {path} does not exist "
+                                   f"({missing} of {len(samples)} listed samples have missing files)")
 
 
 def check_splits(list_split: Callable[[str], Sequence[Sample]], decode: Callable[[Sample], object],

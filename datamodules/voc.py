@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import reading
-from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, color_map, read_ids
+from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, check_files, color_map, read_ids
 
 NUM_CLASSES = 21
 SPLITS = ("train", "val", "trainaug")
@@ -49,21 +49,27 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         raise DatasetError(f"PASCAL VOC 2012 not found: expected the directory {voc} (get it from {VOC_URL})")
     lists = voc / "ImageSets" / "Segmentation"
     voc_val = read_ids(lists / "val.txt", f"the VOC 2012 val list (from {VOC_URL})")
-    if split == "val":
-        return [Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in voc_val]
+    if split in ("val", "train"):
+        ids = voc_val if split == "val" else read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
+        samples = {i: Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids}
+        check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
+        return list(samples.values())
     voc_train = read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
-    if split == "train":
-        return [Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in voc_train]
 
     sbd = Path(sbd_root) if sbd_root else root / "benchmark_RELEASE"
     sbd_data = sbd / "dataset"
     aug = voc / "SegmentationClassAug"
     extra: set[str] = set()
+    listed_in = {}
     if sbd_data.is_dir():
         what = f"an SBD split list (from {SBD_URL})"
-        extra |= set(read_ids(sbd_data / "train.txt", what)) | set(read_ids(sbd_data / "val.txt", what))
+        for name in ("val.txt", "train.txt"):
+            ids = read_ids(sbd_data / name, what)
+            extra |= set(ids)
+            listed_in.update(dict.fromkeys(ids, sbd_data / name))
     elif aug.is_dir():
         extra |= {p.stem for p in aug.glob("*.png")}
+        listed_in.update({i: aug for i in extra})
     else:
         raise DatasetError(
             f"split 'trainaug' needs SBD at {sbd_data} (get benchmark.tgz from {SBD_URL}) "
@@ -71,7 +77,8 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         )
     ids = sorted((set(voc_train) | extra) - set(voc_val))
     voc_train_set = set(voc_train)
-    samples = []
+    listed_in.update(dict.fromkeys(voc_train, lists / "train.txt"))
+    samples = {}
     for i in ids:
         image = voc / "JPEGImages" / f"{i}.jpg"
         if not image.exists() and sbd_data.is_dir():
@@ -82,8 +89,9 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
             mask = aug / f"{i}.png"
         else:
             mask = sbd_data / "cls" / f"{i}.mat"
-        samples.append(Sample(image, mask))
-    return samples
+        samples[i] = Sample(image, mask)
+    check_files(samples, listed_in)
+    return list(samples.values())
 
 
 def decode_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,12 @@
 """LightningDataModule for VOC 2012 (+ SBD trainaug) with the paper's augmentation."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import synthetic
 from .base import SegmentationDataModule
-from .reading import Sample
+from .reading import DatasetError, Sample
 from .voc import VOC_LABELS, list_split, voc_dir
 
 
@@ -29,8 +30,20 @@ class VOCDataModule(SegmentationDataModule):
         self.root, self.sbd_root, self.generate = Path(root), sbd_root, generate
 
     def prepare_data(self) -> None:
-        if self.generate and not voc_dir(self.root).exists():
-            synthetic.generate(self.root, seed=self.seed)
+        if not self.generate or voc_dir(self.root).exists():
+            return
+        # Never mix generated files into a directory that holds something else (a mistyped --data.root)
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise DatasetError(f"{self.root}: data.generate would write the generated dataset here, but it is not "
+                               "an empty directory and holds no VOCdevkit/VOC2012; expected the root of a VOC tree, "
+                               "or a new or empty directory")
+        print(f"data.generate: writing the generated VOC-format dataset to {self.root} (not real VOC data)")
+        # written beside and renamed into place: a killed generation leaves no half-written dataset
+        tmp = self.root.parent / f".{self.root.name}.generating-{os.getpid()}"
+        synthetic.generate(tmp, seed=self.seed)
+        if self.root.exists():
+            self.root.rmdir()
+        os.replace(tmp, self.root)
 
     def list_samples(self, split: str) -> list[Sample]:
         return list_split(self.root, split, self.sbd_root)

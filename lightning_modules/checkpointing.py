@@ -1,37 +1,110 @@
-"""Which checkpoint a resumed run starts from: the newest one that can be read."""
+"""Checkpoints that survive a kill: durable atomic writes, and which checkpoint a resumed run starts from."""
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
-def _readable(path: Path) -> bool:
-    """A torch checkpoint is a zip archive: a truncated or corrupt file fails the central-directory check."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` that leaves either the old file or the complete new one, whatever moment it is killed.
+
+    The temporary file is created beside `path` (never in `$TMPDIR`, which may be another filesystem where
+    the final move is a copy), fsynced, renamed over `path`, and the directory is fsynced so the rename
+    itself survives a power loss. A failed write removes its temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with `atomic_torch_save`: every checkpoint Lightning writes (ModelCheckpoint,
+    `trainer.save_checkpoint`, the SLURM requeue's) is durable and never torn. Installed by the CLI."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+
+def read_step(path: str | Path) -> int:
+    """The `global_step` recorded in a checkpoint; CheckpointError naming the file if it cannot be read.
+
+    A torch checkpoint is a zip archive: the CRC check catches a truncated or corrupt file before
+    unpickling (memory-mapped, so the tensors are not read into memory).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return False
+            if archive.testzip() is not None:
+                raise zipfile.BadZipFile("CRC mismatch")
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(checkpoint["global_step"])
+    except Exception as e:  # zip, pickle and key errors all mean the same thing here
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
+                              "expected a complete Lightning checkpoint") from None
 
 
-def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
+def checkpoints(run_dir: str | Path) -> list[Path]:
     """Every checkpoint of a run: ModelCheckpoint's files and Lightning's SLURM `hpc_ckpt_*.ckpt`."""
-    run_dir = Path(run_dir)
-    found = {p for p in run_dir.rglob("*.ckpt") if p.is_file() and not p.is_symlink()}
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(p for p in Path(run_dir).rglob("*.ckpt") if p.is_file() and not p.is_symlink())
 
 
-def resolve_ckpt_path(ckpt_path: str, run_dir: str | Path) -> str | None:
-    """`last`: the newest readable checkpoint in `run_dir`, falling back past unreadable ones (and saying
-    so), or None to start from scratch if the run has none. Any other value is returned unchanged."""
-    if ckpt_path != "last":
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
+    """`last`: the readable checkpoint of `run_dir` with the highest recorded step (file times lie after a
+    copy or an `rsync`), skipping unreadable ones and saying so, or None to start from scratch if the run
+    has none. A run directory stands for its `last` (an error if it has none: the ablation runner scores a
+    training this way). An explicit path must be a readable checkpoint (CheckpointError otherwise).
+    Lightning's own keywords (`best`, `hpc`, `registry…`) pass through unchanged."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc") or ckpt_path.startswith("registry"):
         return ckpt_path
-    for candidate in checkpoints_newest_first(run_dir):
-        if _readable(candidate):
-            rank_zero_info(f"Resuming from {candidate}")
-            return str(candidate)
-        rank_zero_warn(f"Checkpoint {candidate} is unreadable (truncated or corrupt); trying the previous one")
-    rank_zero_info(f"No checkpoint in {run_dir}: starting from scratch")
-    return None
+    if ckpt_path != "last" and not Path(ckpt_path).is_dir():
+        read_step(ckpt_path)
+        return ckpt_path
+    if ckpt_path != "last":
+        newest = resolve_ckpt_path("last", ckpt_path)
+        if newest is None:
+            raise CheckpointError(f"{ckpt_path}: expected a checkpoint file, or a run directory holding one")
+        return newest
+    readable = []
+    for candidate in checkpoints(run_dir):
+        try:
+            readable.append((read_step(candidate), candidate.stat().st_mtime, candidate))
+        except CheckpointError as e:
+            rank_zero_warn(f"{e}: skipping it")
+    if not readable:
+        rank_zero_info(f"No checkpoint in {run_dir}: starting from scratch")
+        return None
+    step, _, newest = max(readable)
+    rank_zero_info(f"Resuming from {newest} (step {step})")
+    return str(newest)

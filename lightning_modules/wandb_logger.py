@@ -5,10 +5,13 @@ import netrc
 import os
 import secrets
 import string
+from collections import Counter
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+
+from .run_record import scalars
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -25,6 +28,8 @@ def has_wandb_credentials() -> bool:
 def wandb_offline() -> bool:
     """Offline when WANDB_MODE says so, or when no API key is configured (`wandb sync` later)."""
     mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode == "disabled":  # wandb itself reads WANDB_MODE and makes a run that records nothing
+        return False
     if mode in ("offline", "dryrun"):
         return True
     if mode == "online":
@@ -48,10 +53,40 @@ def run_id(save_dir: str | Path) -> str:
 SUMMARIES = {"val/mIoU": "max", "val/pixel_accuracy": "max", "train/loss": "min"}
 
 
+def held_points(rows) -> Counter:
+    """(trainer step, metric name) of every number in W&B history rows, counted."""
+    held = Counter()
+    for row in rows:
+        step = row.get("trainer/global_step")
+        for key in scalars({k: v for k, v in row.items() if not k.startswith("_") and k != "trainer/global_step"}):
+            held[(step, key)] += 1
+    return held
+
+
+def offline_history(save_dir: str | Path, run_id: str, exclude: str | Path | None = None) -> list[dict]:
+    """The history rows earlier processes of run `run_id` wrote to their offline `.wandb` files."""
+    from experiments.wandb_offline import read_run  # the one reader of wandb's offline file format
+
+    rows = []
+    for path in sorted(Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):
+        if exclude is None or path.resolve() != Path(exclude).resolve():
+            rows += read_run(path).history
+    return rows
+
+
 class RunLogger(WandbLogger):
     """WandbLogger whose `save_dir` is the run directory: checkpoints, config, W&B files and run id.
 
     Project, entity, group, tags, name and job type come from the config like WandbLogger's.
+
+    Nothing logged is lost on a kill. wandb buffers what it is given, so a killed process can leave W&B
+    without its last logging points (online: not sent; offline: not written), and with logging points
+    from after the checkpoint that the resumed run logs again. When a run starts, `sync_history` compares
+    what the W&B run holds — (trainer step, metric) pairs of the earlier processes' `.wandb` files
+    offline, of the server's history online — with the run's own record (`run_record.RunRecord`'s
+    `metrics.jsonl`, rewound to the checkpoint): what W&B lacks is re-sent, and what it holds beyond
+    the record is not logged again when the resumed run reaches it. Every logged step is in the W&B
+    history exactly once, with no rewind (a private-preview W&B feature, not available offline).
     """
 
     def __init__(self, save_dir: str = "runs/default", project: str = "deeplabv3plus", name: str | None = None,
@@ -65,6 +100,66 @@ class RunLogger(WandbLogger):
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, tags=tags, entity=entity,
                          job_type=job_type, log_model=log_model, offline=offline, id=run_id(save_dir),
                          resume="allow", **kwargs)
+        self._held = Counter()  # what W&B holds beyond the run record: not logged again
+
+    def held_history(self) -> Counter:
+        """(trainer step, metric) pairs the W&B run holds from earlier processes of this run."""
+        run = self.experiment
+        if run.disabled:
+            return Counter()
+        if run.offline:
+            return held_points(offline_history(self.save_dir, run.id, exclude=run.settings.sync_file))
+        if not run.resumed:
+            return Counter()
+        try:
+            import wandb
+
+            return held_points(wandb.Api().run(run.path).scan_history())
+        except Exception as e:  # a server without the public API: nothing re-sent, nothing skipped
+            rank_zero_warn(f"W&B: cannot read the history of run {run.path} ({e}); not checking it against "
+                           f"{self.save_dir}/metrics.jsonl")
+            return Counter()
+
+    @rank_zero_only
+    def sync_history(self, records: list[dict]) -> None:
+        """Make the W&B history hold `records` (the run record as this process starts from it) once."""
+        held = self.held_history()
+        resent = 0
+        for record in records:
+            missing = {}
+            for key, value in record["metrics"].items():
+                if held[(record["step"], key)] > 0:
+                    held[(record["step"], key)] -= 1
+                else:
+                    missing[key] = value
+            if missing:
+                super().log_metrics(missing, record["step"])
+                resent += 1
+        if resent:
+            rank_zero_info(f"W&B: re-sent {resent} logging points it had not written (from metrics.jsonl)")
+        self._held = +held
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        """Lightning's, less the numbers W&B already holds from the killed process at this step."""
+        if self._held:
+            numbers = scalars(metrics)
+            kept = {}
+            for key, value in metrics.items():
+                if key in numbers and self._held[(step, key)] > 0:
+                    self._held[(step, key)] -= 1
+                else:
+                    kept[key] = value
+            self._held = +self._held
+            if not kept:
+                return
+            metrics = kept
+        super().log_metrics(metrics, step)
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The W&B run id, None when W&B is disabled (`WANDB_MODE=disabled`)."""
+        return None if self.experiment.disabled else self.experiment.id
 
     @property
     def experiment(self):
@@ -74,3 +169,18 @@ class RunLogger(WandbLogger):
                 run.define_metric(metric, summary=summary)
             self._summaries_defined = True
         return run
+
+
+def log_table_summary(plan, results: list[dict], markdown: Path) -> None:
+    """An ablation table and its plot as one more run in the table's group (job type `summary`)."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    run = wandb.init(project=plan.project, group=plan.table.name, job_type="summary",
+                     name=f"{plan.table.name}/summary", dir=str(plan.work), tags=[plan.table.name, plan.profile],
+                     mode="disabled" if mode == "disabled" else "offline" if wandb_offline() else "online",
+                     config={"seeds": plan.seeds, "profile": plan.profile})
+    columns = list(results[0].keys())
+    run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in results]),
+             "miou_vs_multiply_adds": wandb.Image(str(markdown.with_suffix(".png")))})
+    run.finish()

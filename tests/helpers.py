@@ -33,14 +33,13 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
 
 
 def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -> list[str]:
-    """The quickstart config shrunk to seconds: 65×65 crops, batch 4, a few steps."""
+    """The quickstart shrunk by the small-run overlay (`smoke.yaml`: 65×65 crops, batch 4, …) to `max_steps`."""
     overrides = {
-        "data.root": str(voc_root), "data.crop_size": "65", "data.batch_size": "4", "data.num_workers": "0",
-        "trainer.max_steps": str(max_steps), "trainer.val_check_interval": str(max_steps),
-        "trainer.limit_val_batches": "4", "trainer.log_every_n_steps": "1", "trainer.enable_progress_bar": "false",
-        "trainer.logger.init_args.save_dir": str(run_dir), **extra,
+        "data.root": str(voc_root), "trainer.max_steps": str(max_steps), "trainer.val_check_interval": str(max_steps),
+        "trainer.limit_val_batches": "4", "trainer.logger.init_args.save_dir": str(run_dir), **extra,
     }
-    return ["--config", "experiments/configs/quickstart.yaml", *(f"--{k}={v}" for k, v in overrides.items())]
+    return ["--config", "experiments/configs/quickstart.yaml", "--config", "experiments/configs/smoke.yaml",
+            *(f"--{k}={v}" for k, v in overrides.items())]
 
 
 class RecordBatchNormTypes(L.Callback):

@@ -1,11 +1,7 @@
 """Issue 4: the LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-import time
-import zipfile
 
 import lightning as L
 import pytest
@@ -14,7 +10,6 @@ import torch
 from datamodules.voc_datamodule import VOCDataModule
 from experiments.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
-from lightning_modules.checkpointing import resolve_ckpt_path
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
 from lightning_modules.segmentation import SegmentationModule
@@ -94,50 +89,11 @@ def test_exact_resume_after_a_kill_mid_epoch(voc_root, tmp_path):
     assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
     losses_straight = dict(read_runs(straight)[0].metric("train/loss"))
     assert sorted(losses_straight) == list(range(total))
-    # wandb-core buffers offline records: the SIGKILLed process may lose its unflushed tail, never the
-    # resumed one; every step logged by both processes is identical and none is repeated after resume
+    # wandb-core buffers offline records and the SIGKILLed process loses its unflushed tail: the resumed
+    # one re-sends it from metrics.jsonl, so together they hold every step once, as logged
     logged = runs[0].metric("train/loss") + runs[1].metric("train/loss")
-    assert [s for s, _ in runs[1].metric("train/loss")] == list(range(n, total))
-    assert len({s for s, _ in logged}) == len(logged)
+    assert sorted(s for s, _ in logged) == list(range(total))
     assert all(loss == losses_straight[s] for s, loss in logged)
-
-
-def test_resume_falls_back_past_an_unreadable_checkpoint(tmp_path):
-    older, newer = tmp_path / "ckpt" / "step-10.ckpt", tmp_path / "ckpt" / "step-20.ckpt"
-    older.parent.mkdir()
-    torch.save({"global_step": 10}, older)
-    torch.save({"global_step": 20}, newer)
-    newer.write_bytes(newer.read_bytes()[:100])  # as if the node died mid-write without atomic rename
-    time.sleep(0.01)
-    newer.touch()
-    with pytest.warns(UserWarning, match="step-20.ckpt is unreadable"):
-        assert resolve_ckpt_path("last", tmp_path) == str(older)
-    assert resolve_ckpt_path("last", tmp_path / "empty") is None
-    assert resolve_ckpt_path("some/path.ckpt", tmp_path) == "some/path.ckpt"
-
-
-def test_a_kill_during_a_checkpoint_write_leaves_no_truncated_file(tmp_path):
-    """Lightning writes checkpoints through an fsspec transaction (temp file, then rename): killing the
-    writer at any moment leaves the previous complete file, never a torn one."""
-    target = tmp_path / "last.ckpt"
-    script = textwrap.dedent(f"""
-        import torch
-        from lightning.fabric.utilities.cloud_io import _atomic_save
-        big = torch.randn(30_000_000)
-        i = 0
-        while True:
-            i += 1
-            _atomic_save({{"step": i, "weights": big}}, {str(target)!r})
-    """)
-    for delay in (1.0, 2.3):
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
-        if target.exists():
-            with zipfile.ZipFile(target) as archive:
-                assert archive.testzip() is None
-            assert torch.load(target, weights_only=True)["step"] >= 1
 
 
 def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):

@@ -1,0 +1,174 @@
+"""Planning a table: the trainings and evaluations its rows need, per seed, and where each leaves its results.
+
+Rows that share their training overrides share one training per seed (Table 3: 4 trainings, 14
+evaluations). Every job is one `experiments.train` run in its own directory; the run's `results.json`
+(`lightning_modules/run_record.py`) says whether it finished — nothing here reads W&B.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.config import compose, eval_protocol, net_kwargs, to_cli_args
+from experiments.paper import Row, Table
+from lightning_modules.components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, protocol_cost
+from lightning_modules.run_record import read_results
+
+REPO = Path(__file__).resolve().parent.parent
+#: `--profile smoke`: the table's config shrunk by the small-run overlay — MobileNetV2 from scratch on the
+#: generated data, a few steps (checks the plumbing, not the numbers)
+SMOKE_CONFIGS = ("experiments/configs/quickstart.yaml", "experiments/configs/smoke.yaml")
+
+
+def training_key(row: Row) -> str:
+    return hashlib.sha1(json.dumps(row.train, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def settings_tags(overrides: dict[str, Any]) -> list[str]:
+    return [f"{k.rsplit('.', 1)[-1]}={json.dumps(v)}" for k, v in sorted(overrides.items())]
+
+
+@dataclass
+class Job:
+    """One `experiments.train` run: `subcommand --config ... overrides --ckpt_path ...`."""
+
+    kind: str  # "train" or "eval"
+    name: str  # "train-<key>-seed<s>" or "eval-<row>-seed<s>"
+    run_dir: Path
+    configs: list[str]
+    overrides: list[str]
+    ckpt_path: str | None
+    row: str | None = None
+    seed: int = 0
+    depends_on: "Job | None" = None
+    processes: int = 1
+    gpus: int = 1
+
+    @property
+    def stage(self) -> str:
+        return "fit" if self.kind == "train" else "validate"
+
+    @property
+    def args(self) -> list[str]:
+        configs = [arg for config in self.configs for arg in ("--config", config)]
+        ckpt = ["--ckpt_path", self.ckpt_path] if self.ckpt_path else []
+        return [self.stage, *configs, *self.overrides, *ckpt]
+
+    def results(self) -> dict:
+        return read_results(self.run_dir).get(self.stage, {})
+
+    @property
+    def done(self) -> bool:
+        return bool(self.results().get("finished"))
+
+
+@dataclass
+class Plan:
+    table: Table
+    profile: str = "paper"  # "paper" or "smoke"
+    out: Path = Path("results")
+    data_root: str | None = None
+    project: str = "deeplabv3plus"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    processes_per_row: int = 1
+    gpus_per_row: int = 1
+
+    @property
+    def work(self) -> Path:
+        return self.out / self.table.name / self.profile
+
+    @property
+    def stem(self) -> Path:
+        """Where the table's results go: results/<table>[-<profile>].{md,csv,png}."""
+        return self.out / (self.table.name if self.profile == "paper" else f"{self.table.name}-{self.profile}")
+
+    @property
+    def configs(self) -> list[str]:
+        return [self.table.config, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
+
+    def rows(self) -> list[Row]:
+        return [r for r in self.table.rows if r.reproducible]
+
+    def trainings(self) -> dict[str, Row]:
+        unique: dict[str, Row] = {}
+        for row in self.rows():
+            unique.setdefault(training_key(row), row)
+        return unique
+
+    def _common(self, run_dir: Path, name: str, job_type: str, tags: list[str], seed: int,
+                config: dict | None = None) -> dict[str, Any]:
+        overrides: dict[str, Any] = {"seed_everything": seed, "data.seed": seed}
+        if self.data_root:
+            overrides["data.root"] = self.data_root
+        if self.processes_per_row > 1 and job_type == "train":
+            overrides.update({"trainer.devices": self.processes_per_row, "trainer.strategy": "ddp"})
+        if self.gpus_per_row == 0:
+            overrides["trainer.accelerator"] = "cpu"
+        overrides.update({
+            "trainer.logger.init_args.save_dir": str(run_dir), "trainer.logger.init_args.name": name,
+            "trainer.logger.init_args.group": self.table.name, "trainer.logger.init_args.job_type": job_type,
+            "trainer.logger.init_args.project": self.project,
+            "trainer.logger.init_args.tags": [self.table.name, self.profile, f"seed={seed}", *tags]})
+        if config:
+            overrides["trainer.logger.init_args.config"] = config
+        return overrides
+
+    def train_job(self, key: str, row: Row, seed: int) -> Job:
+        name = f"train-{key}-seed{seed}"
+        run_dir = self.work / name
+        overrides = {**row.train, **self._common(run_dir, f"{self.table.name}/{name}", "train",
+                                                 settings_tags(row.train), seed)}
+        return Job("train", name, run_dir, self.configs, to_cli_args(overrides), "last", seed=seed,
+                   processes=self.processes_per_row, gpus=self.gpus_per_row)
+
+    def eval_job(self, row: Row, seed: int, training: Job) -> Job:
+        """Scores the training's newest checkpoint (`--ckpt_path <training run dir>`, resolved when it runs)."""
+        name = f"eval-{row.name}-seed{seed}"
+        run_dir = self.work / name
+        provenance = {"row": row.name, "evaluated_run_dir": str(training.run_dir), "paper_mIoU": row.paper_miou,
+                      "paper_multiply_adds": row.paper_multiply_adds}
+        overrides = {**row.train, **row.eval,
+                     **self._common(run_dir, f"{self.table.name}/{row.name}/seed{seed}", "eval",
+                                    settings_tags({**row.train, **row.eval}), seed, provenance)}
+        return Job("eval", name, run_dir, self.configs, to_cli_args(overrides), str(training.run_dir), row=row.name,
+                   seed=seed, depends_on=training, gpus=min(self.gpus_per_row, 1))
+
+    def jobs(self) -> list[Job]:
+        """Trainings first, then evaluations (each knows the training it scores)."""
+        trainings = {(key, seed): self.train_job(key, row, seed) for key, row in self.trainings().items()
+                     for seed in self.seeds}
+        evaluations = [self.eval_job(row, seed, trainings[training_key(row), seed])
+                       for row in self.rows() for seed in self.seeds]
+        return [*trainings.values(), *evaluations]
+
+    def cost(self, row: Row) -> dict[str, float]:
+        """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
+        config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+        return protocol_cost(net_kwargs(config), eval_protocol(config))
+
+    def describe(self) -> str:
+        """The dry run: every row with its evaluation protocol and Multiply-Adds — TF-graph count (comparable
+        with the paper's) and plain count (what this code executes) — and the runs it takes."""
+        lines = [f"{self.table.title} — profile {self.profile}, seeds {','.join(map(str, self.seeds))}", "",
+                 f"{'row':<38} {'training':<10} {'eval':<16} {'paper MAdds':>11} {'ours TF':>10} {'ours plain':>10} "
+                 f"{'paper mIoU':>10}"]
+        for row in self.table.rows:
+            config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+            cost = self.cost(row)
+            paper = f"{row.paper_multiply_adds:.2f}B" if row.paper_multiply_adds else "-"
+            miou = f"{row.paper_miou:.2f}%" if row.paper_miou else "-"
+            train = training_key(row) if row.reproducible else "skipped"
+            lines.append(f"{row.name:<38} {train:<10} {eval_protocol(config).describe():<16} {paper:>11} "
+                         f"{cost[MULTIPLY_ADDS_TF]:>9.2f}B {cost[MULTIPLY_ADDS]:>9.2f}B {miou:>10}")
+            if not row.reproducible:
+                lines.append(f"{'':<38} ↳ not reproducible here: {row.note}")
+        n = len(self.seeds)
+        lines += ["", "Multiply-Adds at 513×513 for the whole evaluation protocol. TF: counted as tfprof counts the "
+                      "official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
+                      "plain: what this code executes.",
+                  f"{len(self.trainings()) * n} trainings, {len(self.rows()) * n} evaluations"
+                  + (f" ({n} seeds)" if n > 1 else "")]
+        return "\n".join(lines)

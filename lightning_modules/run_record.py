@@ -1,0 +1,228 @@
+"""The run's own record of what it logged: `metrics.jsonl` as it goes, `results.json` at the end of each stage.
+
+These files, not W&B, are what other tools read back (the ablation runner, tests): they work with
+`WANDB_MODE=disabled`, without a login and with any W&B server. Layout of a run directory:
+
+    metrics.jsonl   one line per logging point: {"step": trainer step, "stage": ..., "metrics": {name: float}}
+    results.json    {"fit" | "validate" | "test": {"metrics", "step", "checkpoint", "wandb_run_id",
+                     "git_commit", "config", "metadata", "finished"}}
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers among logged values (tensors of one element included); media and tables are left out."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The complete lines of a metrics file (a line torn by a kill mid-write is dropped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def read_results(run_dir: str | Path) -> dict:
+    """`results.json` of a run directory ({} if the run has not finished a stage yet)."""
+    path = Path(run_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _same_batch(after: list[dict], step: int):
+    """Lightning writes a step checkpoint in `on_train_batch_end`, before it logs that batch's loss (and
+    validates): those logging points (logged at `step - 1`) follow the checkpoint but are not redone by a
+    run resumed from it, so they stay in the record; everything from `step` on is logged again."""
+    for record in after:
+        if record.get("step") is None or record["step"] >= step:
+            return
+        yield record
+
+
+class RunRecord(Logger, L.Callback):
+    """A Logger beside the W&B one, and a Callback.
+
+    As a Logger it sees every logging point — Lightning's own and the callbacks' direct
+    `logger.log_metrics` calls, which a Callback alone would miss — and appends it to `metrics.jsonl`.
+    As a Callback it fsyncs that file before each checkpoint is written and stores its length in the
+    checkpoint, so that a run resumed from the checkpoint rewinds the file to the logging points that
+    the resumed run will not redo (those after it are logged again, never twice). Loggers that can lose
+    what they buffered (W&B) are handed the rewound record to re-send what they lack (`sync_history`).
+    The CLI installs it, first among the callbacks; `finished` in results.json tells a complete stage
+    from an interrupted one.
+    """
+
+    def __init__(self, save_dir: str | Path, resume_from: str | Path | None = None) -> None:
+        """`resume_from`: the checkpoint `fit` resumes from. Lightning restores callback state only after
+        `setup`, when other callbacks have logged already, so the CLI says which checkpoint it will be."""
+        super().__init__()
+        self._save_dir = Path(save_dir)
+        self.resume_from = resume_from
+        self.count = 0
+        self.stage: str | None = None
+        self.hyperparams: dict = {}
+        self._file = None
+
+    # --- Logger -------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "run_record"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._save_dir)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self._save_dir / METRICS_FILE
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(params, dict):
+            self.hyperparams.update(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        values = scalars(metrics)
+        if not values:
+            return
+        if self._file is None:  # logging outside a trainer stage (a direct call): append
+            self._open(read_records(self.metrics_path))
+        line = json.dumps({"step": step, "stage": self.stage, "metrics": values}, allow_nan=True)
+        self._file.write(line + "\n")
+        self._file.flush()  # to the OS at once: a killed process loses nothing; fsync before checkpoints
+        self.count += 1
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    # --- Callback -----------------------------------------------------------------------------------
+    def _open(self, keep: list[dict]) -> None:
+        """Rewrite the file as `keep` (durably) and append from there."""
+        self._save_dir.mkdir(parents=True, exist_ok=True)
+        if self._file is not None:
+            self._file.close()
+        if len(keep) != len(read_records(self.metrics_path)) or not self.metrics_path.exists():
+            _write_durably(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+        self._file = open(self.metrics_path, "a")
+        self.count = len(keep)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.stage = stage
+        if not trainer.is_global_zero:
+            return
+        records = read_records(self.metrics_path)
+        checkpoint = self.resume_from or trainer.ckpt_path
+        if stage == "fit" and checkpoint:
+            # Runs before any callback logs (first in the callback list) and before Lightning restores
+            # the checkpoint: the record is rewound now, from the checkpoint's own count.
+            state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+            count = state.get("callbacks", {}).get(self.state_key, {}).get("records")
+            if count is None:
+                rank_zero_warn(f"{checkpoint} has no {METRICS_FILE} position: the record keeps every line")
+            else:
+                records = records[:count] + list(_same_batch(records[count:], state["global_step"]))
+        self._open(records)
+        for logger in trainer.loggers:
+            if logger is not self and hasattr(logger, "sync_history"):
+                logger.sync_history(records)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"records": self.count}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # every logging point that precedes the checkpoint is on disk before the checkpoint is written
+        self.save()
+
+    def _finish(self, trainer: L.Trainer, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.save()
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), None)
+        wandb_id = next((lg.wandb_run_id for lg in trainer.loggers if getattr(lg, "wandb_run_id", None)), None)
+        metrics = {}  # the last value of every metric this stage logged (speed and cost included)
+        for record in read_records(self.metrics_path):
+            if record.get("stage") == stage:
+                metrics.update(record["metrics"])
+        metrics.update(scalars(dict(trainer.callback_metrics)))
+        config = self.hyperparams.get("config", {})
+        metadata = {k: v for k, v in self.hyperparams.items() if k != "config"}
+        entry = {
+            "finished": not trainer.interrupted,
+            "step": trainer.global_step,
+            "metrics": metrics,
+            "checkpoint": (checkpoint.last_model_path if checkpoint else None) if stage == "fit"
+            else (str(trainer.ckpt_path) if trainer.ckpt_path else None),
+            "best_checkpoint": next((c.best_model_path for c in trainer.checkpoint_callbacks
+                                     if getattr(c, "monitor", None) == "val/mIoU" and c.best_model_path), None),
+            "wandb_run_id": wandb_id,
+            "git_commit": metadata.get("git_commit"),
+            "config": config,
+            "metadata": metadata,
+        }
+        results = read_results(self._save_dir)
+        results[stage] = entry
+        _write_durably(self._save_dir / RESULTS_FILE,
+                       json.dumps(results, indent=2, default=str, allow_nan=True) + "\n")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._finish(trainer, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, "test")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._file is not None:
+            self.save()
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}

@@ -1,0 +1,210 @@
+"""Issue 14: nothing lost on a kill (metrics record, W&B history, checkpoints), every user mistake one line."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.voc import DatasetError, list_split, voc_dir
+from datamodules.voc_datamodule import VOCDataModule
+from experiments import train
+from experiments.wandb_offline import read_runs
+from helpers import ROOT, run_cli, tiny_args
+from lightning_modules.checkpointing import CheckpointError, resolve_ckpt_path
+from lightning_modules.run_record import read_records, read_results
+
+
+def _steps(pairs) -> Counter:
+    return Counter(step for step, _ in pairs)
+
+
+def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path):
+    """SIGKILL from outside right after a validation, before the next checkpoint; resume with `last`: the
+    run's metrics.jsonl and its W&B offline history hold every train/loss step and validation once."""
+    run_dir, total = tmp_path / "run", 8
+    args = [*tiny_args(voc_root, run_dir, total), "--trainer.val_check_interval=3", "--trainer.limit_val_batches=1",
+            "--checkpoint_every_n_train_steps=4"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "fit", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    # the second validation (after step 6) is logged: the step-4 checkpoint exists, the next is the final one
+    while not any("val/mIoU" in r["metrics"] and r["step"] >= 5 for r in read_records(run_dir / "metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -9
+    assert sorted(p.name for p in run_dir.rglob("*.ckpt") if p.name.startswith("step-")) == ["step-4.ckpt"]
+
+    resumed = run_cli("fit", *args, "--ckpt_path=last")
+    assert "step 4" in resumed.stdout + resumed.stderr
+
+    def history(pairs_by_key):
+        return {key: _steps(pairs) for key, pairs in pairs_by_key.items()}
+
+    records = read_records(run_dir / "metrics.jsonl")
+    jsonl = history({k: [(r["step"], r["metrics"][k]) for r in records if k in r["metrics"]]
+                     for k in ("train/loss", "val/mIoU")})
+    runs = read_runs(run_dir)
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    wandb = history({k: runs[0].metric(k) + runs[1].metric(k) for k in ("train/loss", "val/mIoU")})
+    for name, logged in (("metrics.jsonl", jsonl), ("W&B", wandb)):
+        assert logged["train/loss"] == Counter(range(total)), name
+        assert sorted(logged["val/mIoU"].elements()) == [2, 5], name  # each validation exactly once
+    # the same values in both: the killed process's rows W&B kept equal the resumed run's (exact resume)
+    jsonl_losses = {r["step"]: r["metrics"]["train/loss"] for r in records if "train/loss" in r["metrics"]}
+    assert dict(runs[0].metric("train/loss") + runs[1].metric("train/loss")) == pytest.approx(jsonl_losses)
+
+    results = read_results(run_dir)["fit"]
+    assert results["finished"] and results["step"] == total and results["wandb_run_id"] == runs[0].run_id
+    assert Path(results["checkpoint"]).name == "last.ckpt" and results["git_commit"]
+    assert results["metrics"]["val/mIoU"] == wandb_last(runs, "val/mIoU")
+    assert results["config"]["model"]["net"]["init_args"]["backbone"] == "mobilenet_v2"
+
+
+def wandb_last(runs, key):
+    return [v for run in runs for _, v in run.metric(key)][-1]
+
+
+def test_checkpoints_land_atomically_with_tmpdir_on_another_filesystem(tmp_path):
+    """Killed at random moments while writing through AtomicCheckpointIO with TMPDIR=/dev/shm: the
+    checkpoint is always the old or the new complete file, with no temporary file anywhere."""
+    shm = Path("/dev/shm") / f"ckpt-test-{os.getpid()}"
+    shm.mkdir()
+    target = tmp_path / "ckpt" / "last.ckpt"
+    script = textwrap.dedent(f"""
+        import torch
+        from lightning_modules.checkpointing import AtomicCheckpointIO
+        io, big, i = AtomicCheckpointIO(), torch.randn(20_000_000), 0
+        while True:
+            i += 1
+            io.save_checkpoint({{"global_step": i, "weights": big}}, {str(target)!r})
+    """)
+    try:
+        for delay in (1.5, 2.7, 3.4):
+            proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                                    env={**os.environ, "TMPDIR": str(shm), "PYTHONPATH": str(ROOT)})
+            time.sleep(delay)
+            proc.kill()
+            proc.wait()
+            assert list(shm.iterdir()) == []
+            leftovers = [p.name for p in target.parent.iterdir() if p.name != "last.ckpt"]
+            assert len(leftovers) <= 1 and all(n.startswith(".last.ckpt.") and n.endswith(".tmp") for n in leftovers)
+            for stray in leftovers:  # a kill mid-write leaves its temp file (named, hidden); the next run ignores it
+                (target.parent / stray).unlink()
+            if target.exists():
+                assert torch.load(target, weights_only=True)["global_step"] >= 1
+        assert target.exists()
+    finally:
+        for p in shm.iterdir():
+            p.unlink()
+        shm.rmdir()
+
+
+def test_last_is_the_highest_recorded_step_and_explicit_paths_are_checked(tmp_path):
+    ckpts = tmp_path / "ckpt"
+    ckpts.mkdir()
+    for name, step in (("step-20.ckpt", 20), ("hpc_ckpt_30.ckpt", 30), ("step-10.ckpt", 10)):
+        torch.save({"global_step": step}, ckpts / name)
+    os.utime(ckpts / "step-10.ckpt")  # newest file time, oldest step (copied back from a backup)
+    assert resolve_ckpt_path("last", tmp_path) == str(ckpts / "hpc_ckpt_30.ckpt")
+    (ckpts / "hpc_ckpt_30.ckpt").write_bytes((ckpts / "hpc_ckpt_30.ckpt").read_bytes()[:100])
+    with pytest.warns(UserWarning, match="hpc_ckpt_30.ckpt: unreadable checkpoint"):
+        assert resolve_ckpt_path("last", tmp_path) == str(ckpts / "step-20.ckpt")
+    with pytest.raises(CheckpointError, match="hpc_ckpt_30.ckpt: unreadable"):
+        resolve_ckpt_path(str(ckpts / "hpc_ckpt_30.ckpt"), tmp_path)
+    with pytest.raises(CheckpointError, match="nope.ckpt: no such checkpoint"):
+        resolve_ckpt_path(str(ckpts / "nope.ckpt"), tmp_path)
+    assert resolve_ckpt_path("last", tmp_path / "empty") is None
+
+
+def test_generated_data_announces_itself_and_never_mixes_into_other_files(tmp_path, capsys):
+    occupied = tmp_path / "mydata"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("something else")
+    with pytest.raises(DatasetError, match=f"{occupied}: data.generate would write"):
+        VOCDataModule(root=str(occupied), generate=True).prepare_data()
+    assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+    fresh = tmp_path / "new" / "voc"
+    VOCDataModule(root=str(fresh), generate=True).prepare_data()
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"data.generate: writing the generated VOC-format dataset to {fresh} (not real VOC data)"]
+    assert len(list_split(fresh, "val")) == 16 and sorted(p.name for p in fresh.parent.iterdir()) == ["voc"]
+
+
+def test_empty_or_dangling_split_files_are_errors_naming_them(voc_copy):
+    lists = voc_dir(voc_copy) / "ImageSets" / "Segmentation"
+    (voc_dir(voc_copy) / "JPEGImages" / "2007_000031.jpg").unlink()  # a val image
+    with pytest.raises(DatasetError, match=rf"{lists / 'val.txt'}: lists 2007_000031 but .*2007_000031.jpg does not"):
+        list_split(voc_copy, "val")
+    (lists / "train.txt").write_text("\n")  # trainaug must not train on SBD alone
+    with pytest.raises(DatasetError, match=rf"{lists / 'train.txt'}: empty split file"):
+        list_split(voc_copy, "trainaug")
+
+
+def _bad_checkpoint(tmp_path) -> Path:
+    path = tmp_path / "truncated.ckpt"
+    torch.save({"global_step": 3, "w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+def _empty_train_list(voc_copy) -> Path:
+    path = voc_dir(voc_copy) / "ImageSets" / "Segmentation" / "train.txt"
+    path.write_text("")
+    return path
+
+
+def _corrupt_image(voc_copy) -> Path:
+    path = voc_dir(voc_copy) / "JPEGImages" / "2007_000030.jpg"  # the first val image
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_type", "crop", "backbone", "unknown_option",
+                                  "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
+def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    root = voc_copy if case in ("empty_split", "worker_error") else voc_root
+    args = ["fit", *tiny_args(root, run_dir)]
+    expected = {
+        "lr": (["--model.lr=-0.01"], "--model.lr: expected a learning rate > 0"),
+        "batch_size": (["--data.batch_size=0"], "--data.batch_size: expected a batch size >= 1"),
+        "batch_type": (["--data.batch_size=four"], "--data.batch_size: Expected a int. Got value: four"),
+        "crop": (["--data.crop_size=8"], "--data.crop_size: expected a crop of at least the output stride (16 px)"),
+        "backbone": (["--model.net.init_args.backbone=resnet18"], "--model.net.init_args.backbone: expected one of"),
+        "unknown_option": (["--data.batch_sze=4"], "unrecognized arguments: --data.batch_sze=4"),
+    }
+    if case in expected:
+        extra, message = expected[case]
+    elif case == "truncated_ckpt":
+        path = _bad_checkpoint(tmp_path)
+        args[0], extra, message = "validate", [f"--ckpt_path={path}"], f"{path}: unreadable checkpoint"
+    elif case == "missing_ckpt":
+        args[0], extra, message = "validate", [f"--ckpt_path={tmp_path / 'x.ckpt'}"], f"{tmp_path / 'x.ckpt'}: no such"
+    elif case == "occupied_root":
+        (tmp_path / "typo").mkdir()
+        (tmp_path / "typo" / "README").write_text("x")
+        extra, message = [f"--data.root={tmp_path / 'typo'}", "--data.generate=true"], f"{tmp_path / 'typo'}: data.generate"
+    elif case == "empty_split":
+        extra, message = [], f"{_empty_train_list(voc_copy)}: empty split file"
+    else:  # raised inside a DataLoader worker (validating the untrained model): no worker traceback shown
+        args[0], extra = "validate", ["--data.num_workers=2", "--data.persistent_workers=false"]
+        message = str(_corrupt_image(voc_copy))
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*args, *extra])
+    assert exit_.value.code in (1, 2)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err[-3000:]
+    assert "Traceback" not in err
+    if case not in ("occupied_root", "empty_split", "worker_error"):  # refused before anything is created
+        assert not run_dir.exists()
