@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 from .base import SegmentationDataModule
@@ -73,11 +73,17 @@ class FolderDataModule(SegmentationDataModule):
                  **kwargs) -> None:
         super().__init__(root=root, **kwargs)
         self.root = Path(root)
-        self.labels = read_classes(self.root / classes_file)
-        if not 0 <= ignore_index < 256 or ignore_index < self.labels.num_classes:
-            raise ValueError(f"data.ignore_index={ignore_index}: expected a mask value in "
-                             f"{self.labels.num_classes}..255 (0..{self.labels.num_classes - 1} are the classes)")
         self.lookup = label_lookup({v: v for v in range(256) if v != ignore_index})
+
+    @cached_property
+    def labels(self) -> LabelSpace:
+        """From `classes.txt`, read when first needed (the CLI reads `num_classes` right after construction)."""
+        labels = read_classes(self.root / self.hparams.classes_file)
+        ignore = self.hparams.ignore_index
+        if not labels.num_classes <= ignore < 256:
+            raise DatasetError(f"data.ignore_index={ignore}: expected a mask value in {labels.num_classes}..255 "
+                               f"(0..{labels.num_classes - 1} are the classes of {self.root / self.hparams.classes_file})")
+        return labels
 
     def list_samples(self, split: str) -> list[Sample]:
         hp = self.hparams
@@ -92,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", metavar="ROOT", required=True, help="the dataset folder")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     args = parser.parse_args(argv)
+    data = FolderDataModule(args.check)
     try:
-        data = FolderDataModule(args.check)
+        print(f"{data.num_classes} classes: {', '.join(data.labels.class_names)}")
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{data.num_classes} classes: {', '.join(data.labels.class_names)}")
     return check_splits(data.list_samples, data.decoder(), args.splits)
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -89,8 +90,26 @@ def one_line(error: BaseException) -> str:
     return " ".join(message.split())
 
 
+def _class_path_message(message: str) -> str | None:
+    """The inner error of a bad `--data.X` (the dataset layout is a class_path): jsonargparse reports it as
+    the whole `data` value failing a Union; the user needs the key and what that key expected."""
+    outer = re.match(r'Parser key "([^"]+)":', message)
+    inner = re.search(r"Problem with given class_path '[^']+':\n(.*?)\n\s*- Expected a <class 'NoneType'>", message, re.S)
+    if not (outer and inner):
+        return None
+    body = textwrap.dedent(inner.group(1)).strip()
+    unknown = re.search(r"Option '([^']+)' is not accepted", body)
+    if unknown:
+        given = re.search(r"NestedArg\(key='([^']+)', val='([^']*)'\)", message)
+        return f"unrecognized arguments: --{outer.group(1)}.{unknown.group(1)}" + (f"={given.group(2)}" if given else "")
+    return _parser_message(re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{outer.group(1)}.{m.group(1)}"', body))
+
+
 def _parser_message(message: str) -> str:
     """jsonargparse's multi-line message → `--option: what was expected`."""
+    nested = _class_path_message(message)
+    if nested:
+        return nested
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if not match:
         return message.strip().splitlines()[0]

@@ -19,8 +19,9 @@ from lightning_modules.pretrained import load_model
 
 def _fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
     args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
-    # the layout's class_path goes right after the config, before its init_args
-    return ["fit", *args[:2], f"--data={layout}", *args[2:], *extra]
+    # the layout's class_path goes right after the config files, before its init_args
+    after_configs = max(i for i, arg in enumerate(args) if arg == "--config") + 2
+    return ["fit", *args[:after_configs], f"--data={layout}", *args[after_configs:], *extra]
 
 
 def _logged_ious(run_dir) -> set[str]:
