@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
-from .voc import IGNORE_INDEX, Sample, decode_sample
+from . import voc
+from .reading import IGNORE_INDEX, Sample
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -24,17 +25,20 @@ class SegmentationDataset(Dataset):
     (seed, epoch, index), so the augmentation does not depend on worker count or scheduling.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, seed: int = 0) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: Callable, seed: int = 0,
+                 decode: Callable[[Sample], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
+        #: (image, mask) of a sample, the layout's own reading (label-id mapping, class count check)
+        self.decode = decode or voc.decode_sample
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        image, mask = decode_sample(self.samples[index])
+        image, mask = self.decode(self.samples[index])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))

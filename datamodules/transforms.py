@@ -9,7 +9,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .voc import IGNORE_INDEX
+from .reading import IGNORE_INDEX
 
 #: mean/std per backbone weight family; "inception" maps to [-1, 1] as the TF-ported Xception expects
 NORMALIZATIONS = {

@@ -12,57 +12,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import scipy.io
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
+
+from . import reading
+from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, check_files, color_map, read_ids
 
 NUM_CLASSES = 21
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "trainaug")
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+VOC_LABELS = LabelSpace(VOC_CLASSES, tuple(color_map(NUM_CLASSES)), IGNORE_INDEX)
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)"
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html (benchmark.tgz)"
 
 
-class DatasetError(ValueError):
-    """Bad or missing data; the message names the file and what was expected."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    image: Path
-    mask: Path  # .png (palette or gray class indices) or SBD .mat
-
-
 def voc_dir(root: Path) -> Path:
     return Path(root) / "VOCdevkit" / "VOC2012"
-
-
-def _read_ids(path: Path, what: str) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"missing split file {path}: expected {what}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DatasetError(f"{path}: empty split file; expected {what}, one image id per line")
-    return ids
-
-
-def _check_files(samples: dict[str, Sample], listed_in: dict[str, Path]) -> None:
-    """Every listed id has its image and mask: a split naming files that are not there is a wrong tree
-    (a partial download or the wrong root), not something to train around."""
-    for image_id, sample in samples.items():
-        for path in (sample.image, sample.mask):
-            if not path.is_file():
-                missing = sum(not s.image.is_file() or not s.mask.is_file() for s in samples.values())
-                raise DatasetError(f"{listed_in[image_id]}: lists {image_id} but {path} does not exist "
-                                   f"({missing} of {len(samples)} listed samples have missing files)")
 
 
 def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None) -> list[Sample]:
@@ -79,13 +48,13 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
     if not voc.is_dir():
         raise DatasetError(f"PASCAL VOC 2012 not found: expected the directory {voc} (get it from {VOC_URL})")
     lists = voc / "ImageSets" / "Segmentation"
-    voc_val = _read_ids(lists / "val.txt", f"the VOC 2012 val list (from {VOC_URL})")
+    voc_val = read_ids(lists / "val.txt", f"the VOC 2012 val list (from {VOC_URL})")
     if split in ("val", "train"):
-        ids = voc_val if split == "val" else _read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
+        ids = voc_val if split == "val" else read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
         samples = {i: Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids}
-        _check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
+        check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
         return list(samples.values())
-    voc_train = _read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
+    voc_train = read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
 
     sbd = Path(sbd_root) if sbd_root else root / "benchmark_RELEASE"
     sbd_data = sbd / "dataset"
@@ -95,7 +64,7 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
     if sbd_data.is_dir():
         what = f"an SBD split list (from {SBD_URL})"
         for name in ("val.txt", "train.txt"):
-            ids = _read_ids(sbd_data / name, what)
+            ids = read_ids(sbd_data / name, what)
             extra |= set(ids)
             listed_in.update(dict.fromkeys(ids, sbd_data / name))
     elif aug.is_dir():
@@ -121,51 +90,13 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         else:
             mask = sbd_data / "cls" / f"{i}.mat"
         samples[i] = Sample(image, mask)
-    _check_files(samples, listed_in)
+    check_files(samples, listed_in)
     return list(samples.values())
 
 
 def decode_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 image 3×H×W, uint8 mask 1×H×W of class indices); DatasetError naming the file otherwise."""
-    image = _decode_image(sample.image)
-    mask = _decode_mask(sample.mask)
-    if mask.shape[-2:] != image.shape[-2:]:
-        raise DatasetError(
-            f"{sample.mask}: mask is {tuple(mask.shape[-2:])} but its image {sample.image} is "
-            f"{tuple(image.shape[-2:])}; expected the same height and width"
-        )
-    bad = (mask > NUM_CLASSES - 1) & (mask != IGNORE_INDEX)
-    if bad.any():
-        values = sorted(set(mask[bad].unique().tolist()))[:10]
-        raise DatasetError(f"{sample.mask}: labels {values} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX} (ignore)")
-    return image, mask
-
-
-def _decode_image(path: Path) -> torch.Tensor:
-    try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except FileNotFoundError:
-        raise DatasetError(f"missing image {path}") from None
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot decode the image ({e}); expected a JPEG") from None
-
-
-def _decode_mask(path: Path) -> torch.Tensor:
-    if not path.exists():
-        raise DatasetError(f"missing mask {path}")
-    if path.suffix == ".mat":
-        try:
-            seg = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
-        except Exception as e:  # scipy raises several types for corrupt files
-            raise DatasetError(f"{path}: cannot read the SBD mask ({e}); expected a .mat with GTcls.Segmentation") from None
-        return torch.from_numpy(np.ascontiguousarray(seg, dtype=np.uint8))[None]
-    try:
-        mask = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot decode the mask ({e}); expected a palette or gray PNG") from None
-    if mask.shape[0] != 1:
-        raise DatasetError(f"{path}: mask has {mask.shape[0]} channels; expected a palette or gray PNG of class indices")
-    return mask
+    return reading.decode_sample(sample, NUM_CLASSES)
 
 
 def check_tree(root: str | Path, sbd_root: str | Path | None = None, splits=SPLITS) -> dict[str, int]:

@@ -7,6 +7,7 @@
         --model.eval_scales '[0.5,0.75,1.0,1.25,1.5,1.75]' --model.eval_flip true
 
 `experiments/configs/base.yaml` is always read first; a named config only says what differs.
+Segment your own images with `python -m experiments.predict` (README "Use a trained model").
 
 A user error (an option value, a data file, a checkpoint) prints one line `error: <option or file>: <what
 was expected>` and exits non-zero; `--debug` (or DEEPLAB_DEBUG=1) shows the full traceback instead.
@@ -18,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,8 +29,8 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.base import SegmentationDataModule
 from datamodules.voc import DatasetError, voc_dir
-from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.checkpointing import AtomicCheckpointIO, CheckpointError, resolve_ckpt_path
 from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
 from lightning_modules.run_record import RunRecord
@@ -88,8 +90,26 @@ def one_line(error: BaseException) -> str:
     return " ".join(message.split())
 
 
+def _class_path_message(message: str) -> str | None:
+    """The inner error of a bad `--data.X` (the dataset layout is a class_path): jsonargparse reports it as
+    the whole `data` value failing a Union; the user needs the key and what that key expected."""
+    outer = re.match(r'Parser key "([^"]+)":', message)
+    inner = re.search(r"Problem with given class_path '[^']+':\n(.*?)\n\s*- Expected a <class 'NoneType'>", message, re.S)
+    if not (outer and inner):
+        return None
+    body = textwrap.dedent(inner.group(1)).strip()
+    unknown = re.search(r"Option '([^']+)' is not accepted", body)
+    if unknown:
+        given = re.search(r"NestedArg\(key='([^']+)', val='([^']*)'\)", message)
+        return f"unrecognized arguments: --{outer.group(1)}.{unknown.group(1)}" + (f"={given.group(2)}" if given else "")
+    return _parser_message(re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{outer.group(1)}.{m.group(1)}"', body))
+
+
 def _parser_message(message: str) -> str:
     """jsonargparse's multi-line message → `--option: what was expected`."""
+    nested = _class_path_message(message)
+    if nested:
+        return nested
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if not match:
         return message.strip().splitlines()[0]
@@ -121,7 +141,7 @@ def _check(condition: bool, option: str, expected: str) -> None:
 def check_config(config, subcommand: str) -> None:
     """Option values the run cannot use, refused when the config is parsed: before a run directory, a W&B
     run or a data loader exists, and naming the option rather than failing deep inside torch."""
-    model, data = config.model, config.data
+    model, data = config.model, config.data.init_args  # data: the dataset layout's class_path + init_args
     net = model.net.init_args if "init_args" in model.net else model.net
     _check(model.lr > 0, "--model.lr", f"expected a learning rate > 0, got {model.lr}")
     _check(model.weight_decay >= 0, "--model.weight_decay", f"expected >= 0, got {model.weight_decay}")
@@ -141,7 +161,8 @@ def check_config(config, subcommand: str) -> None:
            f"expected a crop of at least the output stride ({net.output_stride} px), got {data.crop_size}")
     _check(config.trainer.max_steps == -1 or config.trainer.max_steps >= 1, "--trainer.max_steps",
            f"expected -1 (no limit) or >= 1, got {config.trainer.max_steps}")
-    _check(data.generate or voc_dir(data.root).is_dir(), "--data.root",
+    is_voc = config.data.class_path.endswith(".VOCDataModule")  # the other layouts check their own trees
+    _check(not is_voc or data.generate or voc_dir(data.root).is_dir(), "--data.root",
            f"expected a directory holding VOCdevkit/VOC2012, got {data.root} (data.generate: true writes the "
            "generated dataset there if it does not exist)")
 
@@ -175,7 +196,16 @@ def gpu_run(accelerator) -> bool:
 
 
 class TrainCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Predicting on your own images is `experiments.predict` (files in, palette PNGs out), not a trainer loop.
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The dataset is data: VOC unless `data.class_path` names another layout (FolderDataModule,
+        # CityscapesDataModule), and the network's class count is the datamodule's.
+        parser.set_defaults({"data": {"class_path": "datamodules.voc_datamodule.VOCDataModule"}})
+        parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
         parser.add_argument("--checkpoint_every_n_train_steps", type=int | None, default=None,
                             help="Save the periodic checkpoint every N steps (sets StepCheckpoint's interval)")
         parser.add_argument("--checkpoint_train_time_interval", type=str | None, default=None,
@@ -234,7 +264,8 @@ def main(args: list[str] | None = None) -> TrainCLI:
     try:
         return TrainCLI(
             SegmentationModule,
-            VOCDataModule,
+            SegmentationDataModule,
+            subclass_mode_data=True,
             save_config_callback=LogConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_class=OneLineErrorParser,

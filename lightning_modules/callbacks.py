@@ -10,7 +10,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from datamodules.voc import VOC_CLASSES
 
 
 class WandbPredictions(L.Callback):
@@ -39,13 +38,13 @@ class WandbPredictions(L.Callback):
         # compute() is collective across processes (and cached for the module's own epoch end)
         confmat = pl_module.metrics.compute().cpu().tolist()
         if rank_zero_only.rank == 0:
-            self._log_media(logger, confmat, stage, trainer.global_step)
+            self._log_media(logger, confmat, stage, trainer.global_step, pl_module.labels.class_names)
         self._samples = []
 
-    def _log_media(self, logger: WandbLogger, confmat: list, stage: str, step: int) -> None:
+    def _log_media(self, logger: WandbLogger, confmat: list, stage: str, step: int, class_names) -> None:
         import wandb
 
-        labels = dict(enumerate(VOC_CLASSES))
+        labels = dict(enumerate(class_names))
         pictures = []
         for image, mask, pred in self._samples:
             rgb = (image - image.amin()) / (image.amax() - image.amin()).clamp(min=1e-6)
@@ -53,8 +52,8 @@ class WandbPredictions(L.Callback):
                 rgb.permute(1, 2, 0).numpy(),
                 masks={"prediction": {"mask_data": pred.numpy(), "class_labels": labels},
                        "ground_truth": {"mask_data": mask.numpy(), "class_labels": labels}}))
-        table = wandb.Table(columns=["true \\ predicted", *VOC_CLASSES],
-                            data=[[VOC_CLASSES[i], *row] for i, row in enumerate(confmat)])
+        table = wandb.Table(columns=["true \\ predicted", *class_names],
+                            data=[[class_names[i], *row] for i, row in enumerate(confmat)])
         logger.experiment.log({f"{stage}/predictions": pictures, f"{stage}/confusion_matrix": table,
                                "trainer/global_step": step})
 

@@ -10,7 +10,6 @@ These files, not W&B, are what other tools read back (the ablation runner, tests
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 from pathlib import Path

@@ -12,13 +12,14 @@ from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from datamodules.dataset import sample_seed
+from datamodules.reading import LabelSpace
 from datamodules.transforms import NORMALIZATIONS
-from datamodules.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 
 from .components import DeepLabV3Plus
 from .components.protocol import PAPER_CROP, protocol_from
 from .inference import predict_probabilities
 from .metrics import SegmentationMetrics
+from .pretrained import load_network_weights
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -70,6 +71,12 @@ class SegmentationModule(L.LightningModule):
         compile: `torch.compile` the network in place (`nn.Module.compile`): state-dict keys stay the same,
             so checkpoints load with or without it; `set_output_stride` changes guarded attributes, so an
             evaluation at another output stride recompiles instead of running stale code.
+        init_from: fine-tune: a checkpoint (or saved state dict) whose network weights initialise `net` —
+            no optimizer, step or loop state; tensors whose shape differs (another dataset's classifier)
+            keep their fresh initialisation, and one log line names them.
+
+    Class names, palette and ignore index come from the datamodule (`labels`) at setup and are saved
+    in the checkpoint with the network's constructor arguments (`lightning_modules.pretrained.load_model`).
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class SegmentationModule(L.LightningModule):
         eval_canvas: int | tuple[int, int] | None = (PAPER_CROP, PAPER_CROP),
         channels_last: bool = False,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
@@ -109,7 +117,11 @@ class SegmentationModule(L.LightningModule):
                 m.momentum = momentum
             if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
-        self.metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+        if init_from:
+            load_network_weights(self.net, init_from)
+        num_classes = self.net.classifier.out_channels
+        self.labels = LabelSpace(tuple(f"class_{i}" for i in range(num_classes)))
+        self.metrics = SegmentationMetrics(num_classes, self.labels.ignore_index)
         # uint8 images are normalised on the device with the backbone's mean/std (not in the checkpoint)
         mean, std = NORMALIZATIONS[net.normalization]
         self.register_buffer("pixel_mean", 255 * torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -127,6 +139,13 @@ class SegmentationModule(L.LightningModule):
 
     # -- data and memory format -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        labels = getattr(getattr(self.trainer, "datamodule", None), "labels", None)
+        if labels is not None:
+            if labels.num_classes != self.labels.num_classes:
+                raise ValueError(f"the datamodule has {labels.num_classes} classes but the network predicts "
+                                 f"{self.labels.num_classes}: set model.net.init_args.num_classes to "
+                                 f"{labels.num_classes} (experiments.train links them)")
+            self.labels = labels
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         for logger in self.loggers:
@@ -154,6 +173,15 @@ class SegmentationModule(L.LightningModule):
             images = (images.float() - self.pixel_mean) / self.pixel_std
         return images, masks.long()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what `load_model` needs to rebuild the network and name its outputs without this class or a trainer
+        checkpoint["net_config"] = {**self.net.config, "weights": None}
+        checkpoint["labels"] = self.labels.as_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "labels" in checkpoint:
+            self.labels = LabelSpace(**checkpoint["labels"])
+
     # -- training -----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         self.net.set_output_stride(self.train_output_stride)
@@ -167,7 +195,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self.net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=self.labels.ignore_index)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -198,7 +226,7 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
         probs = predict_probabilities(self.net, images, self.eval_protocol)
-        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=IGNORE_INDEX)
+        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=self.labels.ignore_index)
         self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
         preds = probs.argmax(dim=1)
         self.metrics.update(preds, masks)
@@ -209,7 +237,7 @@ class SegmentationModule(L.LightningModule):
         scores = SegmentationMetrics.scores(confmat)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())
-        for name, iou in zip(VOC_CLASSES, scores["iou"]):
+        for name, iou in zip(self.labels.class_names, scores["iou"]):
             if not torch.isnan(iou):
                 self.log(f"{stage}/iou/{name}", iou.float())
         self.net.set_output_stride(self.train_output_stride)
@@ -231,3 +259,12 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    # -- prediction (`experiments.predict` runs the same `predict_probabilities` without a trainer) ----
+    def on_predict_epoch_start(self) -> None:
+        self.net.set_output_stride(self.eval_protocol.output_stride)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """N×H×W class indices of a batch of normalised images (or (images, masks) pairs)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return predict_probabilities(self.net, images, self.eval_protocol).argmax(dim=1)

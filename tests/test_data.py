@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from conftest import ROOT
 from datamodules import synthetic
 from datamodules.dataset import EpochSampler, SegmentationDataset, ShardSampler, pad_collate
-from datamodules.transforms import NORMALIZATIONS, RandomScaleCrop, eval_transform, mean_pixel, train_transform
+from datamodules.transforms import RandomScaleCrop, eval_transform, mean_pixel, train_transform
 from datamodules.voc import DatasetError, Sample, check_tree, decode_sample, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
 

@@ -187,6 +187,7 @@ def test_paper_config_resolves_to_the_official_protocol():
     config = yaml.safe_load(out)
     net = config["model"]["net"]["init_args"]
     assert net["backbone"] == "resnet101" and net["multi_grid"] == [1, 2, 4]
-    assert config["data"]["scale_step"] == 0.25 and config["data"]["batch_size"] == 16
+    data = config["data"]["init_args"]  # the dataset layout is a class_path (VOC by default)
+    assert data["scale_step"] == 0.25 and data["batch_size"] == 16
     assert config["model"]["weight_decay_params"] == "conv_weights" and config["model"]["weight_decay"] == 1e-4
     assert config["model"]["eval_canvas"] == [513, 513]

@@ -1,0 +1,196 @@
+"""Segment your own images with a trained checkpoint.
+
+    python -m experiments.predict --ckpt_path runs/quickstart/.../last.ckpt --input photos/ --output masks/
+    python -m experiments.predict --ckpt_path ... --input 'photos/*.jpg' a.png --output out --overlay \
+        --output_stride 8 --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip
+
+For each image, OUTPUT/<name>.png holds the class index of every pixel at the image's own size, as a
+palette PNG in the dataset's colours (open it in any viewer; read the indices with PIL or
+`torchvision.io.decode_png`); `--overlay` adds OUTPUT/<name>_overlay.jpg. Inputs are files, folders
+(their images, not recursive) or glob patterns. Gray, RGBA, CMYK, 16-bit and EXIF-rotated images are read
+as the RGB image a viewer shows. Evaluation is the `validate` path (`predict_probabilities`, aligned
+canvas); a large image is run as it is unless `--max_side` downscales it (the mask is still written at
+the image's size). An unreadable file is named in a warning and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from datamodules.reading import LabelSpace
+from datamodules.transforms import NORMALIZATIONS
+from lightning_modules.components.protocol import EvalProtocol
+from lightning_modules.inference import predict_probabilities
+from lightning_modules.pretrained import load_model
+
+#: what a folder contributes (a file named explicitly is tried whatever its suffix)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def list_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(image files in order, one warning per input that matched nothing)."""
+    files, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+        if not found:
+            problems.append(f"{item}: no such file, or no images in it")
+        files += found
+    return list(dict.fromkeys(files)), problems
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """uint8 3×H×W as a viewer shows the file: EXIF orientation applied, gray/RGBA/CMYK → RGB, 16 → 8 bits.
+
+    torchvision decodes JPEG, PNG, WebP and GIF; PIL reads the rest (BMP, TIFF). ValueError if neither can."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
+    except RuntimeError as torchvision_error:
+        try:
+            with Image.open(path) as pil:
+                rgb = ImageOps.exif_transpose(pil).convert("RGB")
+            return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+        except Exception:  # PIL raises several types for unreadable files
+            raise ValueError(str(torchvision_error).splitlines()[-1].split(", ")[-1]) from None
+
+
+def normalize(images: torch.Tensor, normalization: str) -> torch.Tensor:
+    """uint8 N×3×H×W → the float input the backbone was trained on."""
+    mean, std = NORMALIZATIONS[normalization]
+    return TF.normalize(images.float().div_(255), mean, std)
+
+
+@torch.no_grad()
+def segment(net: torch.nn.Module, images: torch.Tensor, protocol: EvalProtocol,
+            max_side: int | None = None) -> torch.Tensor:
+    """N×H×W class indices of uint8 N×3×H×W images (all one size) under a resolved `protocol`.
+
+    With `max_side`, an image whose longer side exceeds it is downscaled for the network and the class
+    probabilities are resized back to the image's size."""
+    h, w = images.shape[-2:]
+    x = normalize(images, net.normalization)
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                          align_corners=False, antialias=True)
+    probs = predict_probabilities(net, x, protocol)
+    if probs.shape[-2:] != (h, w):
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return probs.argmax(dim=1)
+
+
+def save_mask(labels: torch.Tensor, labelspace: LabelSpace, path: Path) -> None:
+    png = Image.fromarray(labels.to(torch.uint8).cpu().numpy(), mode="P")
+    png.putpalette(labelspace.png_palette())
+    png.save(path)
+
+
+def save_overlay(image: torch.Tensor, labels: torch.Tensor, labelspace: LabelSpace, path: Path,
+                 alpha: float = 0.5) -> None:
+    colors = torch.tensor(labelspace.palette + ((255, 255, 255),), dtype=torch.float32)
+    painted = colors[labels.cpu().long().clamp(max=len(labelspace.palette))].permute(2, 0, 1)
+    blend = (image.float() * (1 - alpha) + painted * alpha).round().clamp(0, 255).to(torch.uint8)
+    Image.fromarray(blend.permute(1, 2, 0).numpy()).save(path, quality=90)
+
+
+def batches(paths: Sequence[Path], batch_size: int, skipped: list[str]) -> Iterator[list[tuple[Path, torch.Tensor]]]:
+    """Consecutive readable images of one size, up to `batch_size` together; unreadable ones go to `skipped`."""
+    batch: list[tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError) as e:
+            skipped.append(f"{path}: cannot read the image ({e})")
+            continue
+        if batch and (len(batch) == batch_size or batch[0][1].shape != image.shape):
+            yield batch
+            batch = []
+        batch.append((path, image))
+    if batch:
+        yield batch
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """`<stem>` per input; inputs sharing a stem (a.jpg, a.png, two folders) get `<stem>_2`, `_3`, …"""
+    names, used = {}, set()
+    for path in paths:
+        name, n = path.stem, 1
+        while name in used:
+            n += 1
+            name = f"{path.stem}_{n}"
+        used.add(name)
+        names[path] = name
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by experiments.train")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="directory for <name>.png (and <name>_overlay.jpg)")
+    parser.add_argument("--overlay", action="store_true", help="also write the image with the mask blended in")
+    parser.add_argument("--output_stride", type=int, choices=(8, 16, 32), default=None,
+                        help="evaluation output stride (default: the training output stride)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="multi-scale inputs, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
+    parser.add_argument("--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="smallest evaluation canvas (official: 513 513 for VOC, 1025 2049 for Cityscapes); "
+                             "default: the smallest aligned canvas holding the image")
+    parser.add_argument("--max_side", type=int, default=None,
+                        help="downscale images whose longer side is larger than this for the network (default: never)")
+    parser.add_argument("--batch_size", type=int, default=4, help="images of one size run together")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    try:
+        net = load_model(args.ckpt_path, map_location=args.device)
+        protocol = EvalProtocol(args.output_stride, tuple(args.scales), args.flip,
+                                tuple(args.canvas) if args.canvas else None).resolve(net.output_stride)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    net.set_output_stride(protocol.output_stride)
+    paths, skipped = list_inputs(args.input)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = output_names(paths)
+    written = 0
+    with tqdm(total=len(paths), unit="image", disable=len(paths) < 2, file=sys.stderr) as bar:
+        for batch in batches(paths, args.batch_size, skipped):
+            images = torch.stack([image for _, image in batch]).to(args.device)
+            labels = segment(net, images, protocol, args.max_side)
+            for (path, image), mask in zip(batch, labels):
+                save_mask(mask, net.labels, out / f"{names[path]}.png")
+                if args.overlay:
+                    save_overlay(image, mask, net.labels, out / f"{names[path]}_overlay.jpg")
+                written += 1
+            bar.update(written + len(skipped) - bar.n)  # unreadable files count as done too
+    for problem in skipped:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(f"wrote {written} masks to {out} ({protocol.describe()}); skipped {len(skipped)} unreadable inputs")
+    return 0 if written or not skipped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
