@@ -1,6 +1,7 @@
 """Issue 14: nothing lost on a kill (metrics record, W&B history, checkpoints), every user mistake one line."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules import synthetic, voc_datamodule
 from datamodules.voc import DatasetError, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
 from experiments import train
@@ -127,7 +129,9 @@ def test_last_is_the_highest_recorded_step_and_explicit_paths_are_checked(tmp_pa
     assert resolve_ckpt_path("last", tmp_path / "empty") is None
 
 
-def test_generated_data_announces_itself_and_never_mixes_into_other_files(tmp_path, capsys):
+def test_generated_data_announces_itself_and_never_mixes_into_other_files(tmp_path, capsys, monkeypatch):
+    small = functools.partial(synthetic.generate, n_voc_train=2, n_voc_val=3, n_sbd_only=2)
+    monkeypatch.setattr(voc_datamodule.synthetic, "generate", small)  # the same writer, fewer images
     occupied = tmp_path / "mydata"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("something else")
@@ -138,7 +142,7 @@ def test_generated_data_announces_itself_and_never_mixes_into_other_files(tmp_pa
     VOCDataModule(root=str(fresh), generate=True).prepare_data()
     assert capsys.readouterr().out.strip().splitlines() == [
         f"data.generate: writing the generated VOC-format dataset to {fresh} (not real VOC data)"]
-    assert len(list_split(fresh, "val")) == 16 and sorted(p.name for p in fresh.parent.iterdir()) == ["voc"]
+    assert len(list_split(fresh, "val")) == 3 and sorted(p.name for p in fresh.parent.iterdir()) == ["voc"]
 
 
 def test_empty_or_dangling_split_files_are_errors_naming_them(voc_copy):
@@ -170,7 +174,7 @@ def _corrupt_image(voc_copy) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_type", "crop", "backbone", "unknown_option",
+@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_type", "crop", "backbone", "unknown_option", "ckpt_interval",
                                   "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
 def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capsys):
     run_dir = tmp_path / "run"
@@ -183,6 +187,7 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
         "crop": (["--data.crop_size=8"], "--data.crop_size: expected a crop of at least the output stride (16 px)"),
         "backbone": (["--model.net.init_args.backbone=resnet18"], "--model.net.init_args.backbone: expected one of"),
         "unknown_option": (["--data.batch_sze=4"], "unrecognized arguments: --data.batch_sze=4"),
+        "ckpt_interval": (["--checkpoint_train_time_interval=30min"], "--checkpoint_train_time_interval: expected H:MM:SS"),
     }
     if case in expected:
         extra, message = expected[case]
