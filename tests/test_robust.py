@@ -176,7 +176,7 @@ def _corrupt_image(voc_copy) -> Path:
 
 @pytest.mark.parametrize("case", ["lr", "batch_size", "batch_type", "crop", "backbone", "unknown_option", "ckpt_interval",
                                   "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
-def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capsys):
+def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capfd):
     run_dir = tmp_path / "run"
     root = voc_copy if case in ("empty_split", "worker_error") else voc_root
     args = ["fit", *tiny_args(root, run_dir)]
@@ -208,7 +208,7 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
     with pytest.raises(SystemExit) as exit_:
         train.main([*args, *extra])
     assert exit_.value.code in (1, 2)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # file-descriptor level: DataLoader workers' output included
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], err[-3000:]
     assert "Traceback" not in err
