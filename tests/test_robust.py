@@ -44,6 +44,7 @@ def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -9
+    assert read_results(run_dir)["fit"] == {"finished": False}  # the killed stage is marked as such
     assert sorted(p.name for p in run_dir.rglob("*.ckpt") if p.name.startswith("step-")) == ["step-4.ckpt"]
 
     resumed = run_cli("fit", *args, "--ckpt_path=last")
