@@ -215,3 +215,32 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
     assert "Traceback" not in err
     if case not in ("occupied_root", "empty_split", "worker_error"):  # refused before anything is created
         assert not run_dir.exists()
+
+
+def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
+    """The W&B run of a killed process lacks what wandb still buffered (steps 12-19 here) and holds some
+    steps after the checkpoint (20-24): the next process re-sends the former from the run record and does
+    not log the latter again."""
+    from lightning_modules.wandb_logger import RunLogger
+
+    records = [{"step": s, "metrics": {"train/loss": 1.0 / (s + 1), **({"val/mIoU": s / 10} if s % 5 == 4 else {})}}
+               for s in range(30)]
+    first = RunLogger(save_dir=str(tmp_path))
+    for record in records[:12] + records[20:25]:
+        first.log_metrics(record["metrics"], record["step"])
+    first.experiment.finish()
+    deadline = time.time() + 30  # wandb-core may still be closing the file
+    while len([row for run in read_runs(tmp_path) for row in run.history if "train/loss" in row]) < 17:
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+    second = RunLogger(save_dir=str(tmp_path))
+    second.sync_history(records[:20])  # the run record, rewound to a checkpoint at step 20
+    for record in records[20:]:  # the resumed run logs steps 20-29 again
+        second.log_metrics(record["metrics"], record["step"])
+    second.experiment.finish()
+    runs = read_runs(tmp_path)
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    assert sorted(s for run in runs for s, _ in run.metric("train/loss")) == list(range(30))
+    assert sorted(s for run in runs for s, _ in run.metric("val/mIoU")) == [4, 9, 14, 19, 24, 29]
+    assert [s for s, _ in runs[1].metric("train/loss")] == [*range(12, 20), *range(25, 30)]
