@@ -23,6 +23,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temp_files(path: Path) -> None:
+    """A writer killed mid-write (SIGKILL, node failure) cannot remove its temporary file: the next write
+    of the same checkpoint does, if the process that made it is gone."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                stale.unlink(missing_ok=True)
+            except PermissionError:  # alive, another user's
+                pass
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """`torch.save` that leaves either the old file or the complete new one, whatever moment it is killed.
 
@@ -32,6 +46,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:

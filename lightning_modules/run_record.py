@@ -165,6 +165,7 @@ class RunRecord(Logger, L.Callback):
             else:
                 records = records[:count] + list(_same_batch(records[count:], state["global_step"]))
         self._open(records)
+        self._write_result(stage, {"finished": False})  # replaced when the stage ends: a killed one stays so
         for logger in trainer.loggers:
             if logger is not self and hasattr(logger, "sync_history"):
                 logger.sync_history(records)
@@ -189,8 +190,9 @@ class RunRecord(Logger, L.Callback):
         metrics.update(scalars(dict(trainer.callback_metrics)))
         config = self.hyperparams.get("config", {})
         metadata = {k: v for k, v in self.hyperparams.items() if k != "config"}
+        reached_max = stage != "fit" or trainer.max_steps <= 0 or trainer.global_step >= trainer.max_steps
         entry = {
-            "finished": not trainer.interrupted,
+            "finished": reached_max and not trainer.interrupted,  # a requeued SLURM job stops early
             "step": trainer.global_step,
             "metrics": metrics,
             "checkpoint": (checkpoint.last_model_path if checkpoint else None) if stage == "fit"
@@ -202,6 +204,9 @@ class RunRecord(Logger, L.Callback):
             "config": config,
             "metadata": metadata,
         }
+        self._write_result(stage, entry)
+
+    def _write_result(self, stage: str, entry: dict) -> None:
         results = read_results(self._save_dir)
         results[stage] = entry
         _write_durably(self._save_dir / RESULTS_FILE,

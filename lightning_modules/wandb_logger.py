@@ -69,8 +69,12 @@ def offline_history(save_dir: str | Path, run_id: str, exclude: str | Path | Non
 
     rows = []
     for path in sorted(Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):
-        if exclude is None or path.resolve() != Path(exclude).resolve():
+        if exclude is not None and path.resolve() == Path(exclude).resolve():
+            continue
+        try:
             rows += read_run(path).history
+        except ValueError:  # killed before wandb wrote the file's header: it holds nothing
+            continue
     return rows
 
 

@@ -42,6 +42,8 @@ def test_segmentation_class_aug_folder_is_used_without_sbd(voc_copy):
     aug.mkdir()
     for stem in ("2007_000001", "2007_000031", "2009_000001"):  # train, val (must be excluded), extra
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(aug / f"{stem}.png")
+    images = voc_dir(voc_copy) / "JPEGImages"
+    shutil.copy(images / "2007_000001.jpg", images / "2009_000001.jpg")  # a listed id has its image
     ids = [s.image.stem for s in list_split(voc_copy, "trainaug")]
     assert "2009_000001" in ids and "2007_000031" not in ids and len(ids) == 31
 
