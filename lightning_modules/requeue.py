@@ -39,8 +39,13 @@ class SlurmRequeue(L.Callback):
         self.requested = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # any rank that got the signal decides for all, so every rank stops after the same step
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        if trainer.world_size == 1:
+            if not self.requested:
+                return
+        # any rank that got the signal decides for all, so every rank stops after the same step; the
+        # all-reduce is a host sync, so ranks agree every `log_every_n_steps` steps (the signal comes minutes early)
+        elif trainer.global_step % trainer.log_every_n_steps or not trainer.strategy.reduce_boolean_decision(
+                self.requested, all=False):
             return
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)

@@ -19,7 +19,7 @@ def test_syncbn_conversion_keeps_the_checkpoint_format():
     net = DeepLabV3Plus("mobilenet_v2")
     keys = list(net.state_dict())
     synced = TorchSyncBatchNorm().apply(net)
-    types = {type(m) for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    types = {type(m) for m in synced.modules() if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm))}
     assert types == {nn.SyncBatchNorm} and list(synced.state_dict()) == keys
 
 
