@@ -3,6 +3,7 @@ after a kill (SLURM: tests/test_slurm.py)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -61,12 +62,15 @@ def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path):
     work = out / "table1_decoder_channels" / "smoke"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    def finished_trainings() -> list[Path]:
+        return [p for p in work.glob("train-*/results.json") if json.loads(p.read_text())["fit"].get("finished")]
+
     deadline = time.time() + 300
-    while time.time() < deadline and not list(work.glob("train-*/results.json")):
+    while time.time() < deadline and not finished_trainings():
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and the training it was running
     proc.wait()
-    (finished,) = work.glob("train-*/results.json")  # the kill lands while the second seed trains
+    (finished,) = finished_trainings()  # the kill lands while the second seed trains
     first_done = finished.stat().st_mtime
 
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
