@@ -15,6 +15,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from datamodules import synthetic  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service():
+    """A `wandb.init` in this process (in-process fits) leaves WANDB_SERVICE set, and every subprocess started
+    after it would join this process's W&B service: a run killed there stays "in use" for its resume, and
+    its records are flushed by our service, not its own. Each test's subprocesses get their own service."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def voc_root(tmp_path_factory) -> Path:
     """The generated dataset (VOC train 30, val 16, SBD-only 26): never modify it in a test."""
