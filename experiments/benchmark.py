@@ -33,24 +33,20 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.voc import IGNORE_INDEX
-from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.components.complexity import protocol_cost
 from lightning_modules.components.protocol import MS_SCALES
 from lightning_modules.inference import predict_probabilities
-from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.speed_monitor import (peak_flops, peak_memory_mb, reset_peak_memory, synchronize,
                                              train_step_flops)
 
-from .train import BASE_CONFIG, LogConfigCallback, TrainCLI
+from .train import BASE_CONFIG, CLI_KWARGS, TrainCLI
 
 
 def build(config_args: list[str], run_dir: Path, overrides: dict[str, str]) -> LightningCLI:
     """The training CLI's objects for these arguments, without running anything."""
     args = [*config_args, f"--trainer.logger.init_args.save_dir={run_dir}",
             *(f"--{key}={value}" for key, value in overrides.items())]
-    return TrainCLI(SegmentationModule, VOCDataModule, save_config_callback=LogConfigCallback,
-                    save_config_kwargs={"overwrite": True},
-                    parser_kwargs={"default_config_files": [str(BASE_CONFIG)]}, args=args, run=False)
+    return TrainCLI(**CLI_KWARGS, parser_kwargs={"default_config_files": [str(BASE_CONFIG)]}, args=args, run=False)
 
 
 def autocast(device: torch.device, precision: str):
@@ -197,6 +193,7 @@ def bare_eval(cli: LightningCLI, device: torch.device, images: int) -> tuple[Pha
     module, data = cli.model, cli.datamodule
     data.prepare_data()
     data.setup("validate")
+    module.trainer = cli.trainer  # setup reads the datamodule's labels through it
     module.setup("validate")
     module.to(device).eval()
     module.net.set_output_stride(module.eval_protocol.output_stride)

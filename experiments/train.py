@@ -132,6 +132,12 @@ class TrainCLI(LightningCLI):
         return trainer
 
 
+#: how the training CLI is built (also by `experiments.benchmark`, which measures the same objects)
+CLI_KWARGS = dict(model_class=SegmentationModule, datamodule_class=SegmentationDataModule, subclass_mode_data=True,
+                  save_config_callback=LogConfigCallback, save_config_kwargs={"overwrite": True},
+                  parser_class=OneLineErrorParser)
+
+
 def main(args: list[str] | None = None) -> TrainCLI:
     debug = "--debug" in (sys.argv if args is None else args) or os.environ.get("DEEPLAB_DEBUG", "") not in ("", "0")
     if args is None:
@@ -140,16 +146,8 @@ def main(args: list[str] | None = None) -> TrainCLI:
         args = [a for a in args if a != "--debug"]
     subcommand_kwargs = {"default_config_files": [str(BASE_CONFIG)]}
     try:
-        return TrainCLI(
-            SegmentationModule,
-            SegmentationDataModule,
-            subclass_mode_data=True,
-            save_config_callback=LogConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            parser_class=OneLineErrorParser,
-            parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
-            args=args,
-        )
+        return TrainCLI(**CLI_KWARGS, parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
+                        args=args)
     except USER_ERRORS as e:
         if debug:
             raise
