@@ -38,3 +38,22 @@ def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
     for step in logged:
         assert split["data_wait"][step] > 0 and split["compute"][step] > 0
         assert split["data_wait"][step] + split["compute"][step] == pytest.approx(split["train"][step])
+
+
+def test_benchmark_command_measures_every_phase(voc_root):
+    """`experiments.benchmark` on the small-run overlay: every phase reports, and the final ratio line."""
+    import re
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--config", "experiments/configs/quickstart.yaml",
+                             "--config", "experiments/configs/smoke.yaml", "--steps", "2", "--warmup", "1",
+                             "--eval-images", "2", f"--data.root={voc_root}", "--model.eval_canvas=null"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for phase in ("bare loop (before)", "lightning fit", "bare loop (after)", "data loader alone", "lightning validate"):
+        assert re.search(rf"{re.escape(phase)} +[\d.]+ img/s", result.stdout), phase
+    assert re.search(r"^lightning/bare \d+\.\d+$", result.stdout, re.M)
