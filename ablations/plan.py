@@ -15,7 +15,6 @@ from typing import Any
 from experiments.config import compose, eval_protocol, net_kwargs, to_cli_args
 from experiments.paper import Row, Table
 from lightning_modules.components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, protocol_cost
-from lightning_modules.run_record import read_results
 
 REPO = Path(__file__).resolve().parent.parent
 #: `--profile smoke`: the table's config shrunk by the small-run overlay — MobileNetV2 from scratch on the
@@ -58,6 +57,8 @@ class Job:
         return [self.stage, *configs, *self.overrides, *ckpt]
 
     def results(self) -> dict:
+        from lightning_modules.run_record import read_results  # imports Lightning: not for a dry run
+
         return read_results(self.run_dir).get(self.stage, {})
 
     @property
