@@ -10,11 +10,14 @@ and its own datamodule and `SegmentationModule` are measured in:
   Lightning; the ratio uses their mean, so drift on a shared machine does not pick a side);
 * Lightning's `fit` with the config's callbacks and logger (W&B offline, into a temporary directory);
 * the training DataLoader alone (batches copied to the device);
-* single-scale and multi-scale + flip evaluation, bare and through `Trainer.validate`.
+* single-scale and multi-scale + flip evaluation, bare (before and after) and through `Trainer.validate`.
 
 Each phase runs `--warmup` steps first; the clock is read after a device synchronisation, and the
-timed steps include waiting for the loader and any epoch boundaries in them. MFU is the counted FLOPs per
-second over the device's dense peak (Lightning's table for GPUs, `--peak-tflops` elsewhere).
+timed steps include waiting for the loader and any epoch boundaries in them. The last line,
+`lightning/bare`, compares steady states (median step time, which noise on a shared machine moves least);
+the line before it compares whole windows, epoch boundaries and logging points included, and the
+epoch-boundary lines give their cost apart. MFU is the counted FLOPs per second over the device's dense
+peak (Lightning's table for GPUs, `--peak-tflops` elsewhere).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules.voc import IGNORE_INDEX
 from lightning_modules.components.complexity import protocol_cost
 from lightning_modules.components.protocol import MS_SCALES
-from lightning_modules.inference import predict_probabilities
+from lightning_modules.inference import labels_from, predict_probabilities
 from lightning_modules.speed_monitor import (peak_flops, peak_memory_mb, reset_peak_memory, synchronize,
                                              train_step_flops)
 
@@ -79,31 +82,40 @@ class Phase:
         self.peak_mb = peak_memory_mb(self.device)
 
 
-class Boundaries:
-    """Host time between the end of an epoch's last step and the start of the next epoch's first step,
-    beyond the median time between two steps inside an epoch."""
+class StepClock:
+    """Host time at the start and end of every step. Steady state: the median interval between the starts
+    of two timed steps of one epoch (loader wait included; a slow step now and then — noise on a shared
+    machine, a periodic checkpoint — does not move it). Epoch boundary: the median gap between the end
+    of an epoch's last step and the start of the next epoch's first, beyond the median gap inside an epoch.
+    On a GPU the host runs ahead by at most the launch queue, so in steady state its intervals are the
+    device's."""
 
-    def __init__(self) -> None:
-        self.inside: list[float] = []
-        self.across: list[float] = []
-        self._end, self._epoch = None, None
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.starts: list[tuple[int, float]] = []  # (epoch, time) of every step
+        self.ends: list[float] = []
 
     def step_start(self, epoch: int) -> None:
-        now = time.perf_counter()
-        if self._end is not None:
-            (self.inside if epoch == self._epoch else self.across).append(now - self._end)
-        self._epoch = epoch
+        self.starts.append((epoch, time.perf_counter()))
 
     def step_end(self) -> None:
-        self._end = time.perf_counter()
+        self.ends.append(time.perf_counter())
 
-    def extra_ms(self) -> float | None:
-        if not self.across or not self.inside:
-            return None
-        return 1000 * (statistics.median(self.across) - statistics.median(self.inside))
+    def steady_ms(self) -> float:
+        timed = self.starts[self.warmup:]
+        return 1000 * statistics.median(b - a for (ea, a), (eb, b) in zip(timed, timed[1:]) if ea == eb)
+
+    def boundary_ms(self) -> tuple[float | None, int]:
+        """(extra ms of an epoch boundary, number of boundaries), or (None, 0) without one."""
+        inside, across = [], []
+        for (epoch, _), end, (next_epoch, start) in zip(self.starts, self.ends, self.starts[1:]):
+            (inside if epoch == next_epoch else across).append(start - end)
+        if not inside or not across:
+            return None, 0
+        return 1000 * (statistics.median(across) - statistics.median(inside)), len(across)
 
 
-def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int) -> tuple[Phase, Boundaries]:
+def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int) -> tuple[Phase, StepClock]:
     module, data, trainer = cli.model, cli.datamodule, cli.trainer
     module.trainer = trainer  # configure_optimizers reads max_steps from it
     data.prepare_data()
@@ -116,12 +128,12 @@ def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int)
     loader = data.train_dataloader()
     # fp16 needs loss scaling, as Lightning's 16-mixed plugin does (a no-op for other precisions)
     scaler = torch.amp.GradScaler(device.type, enabled=str(trainer.precision) == "16-mixed")
-    phase, boundaries = Phase(device), Boundaries()
+    phase, steps_clock = Phase(device), StepClock(warmup)
     step, epoch = 0, 0
     while step < warmup + steps:
         loader.sampler.set_epoch(epoch)
         for images, masks in loader:
-            boundaries.step_start(epoch)
+            steps_clock.step_start(epoch)
             images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
             images, masks = module.on_after_batch_transfer((images, masks), 0)
             with autocast(device, trainer.precision):
@@ -138,34 +150,34 @@ def bare_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int)
             if step == warmup + steps:
                 phase.stop()
                 break
-            boundaries.step_end()
+            steps_clock.step_end()
         epoch += 1
-    return phase, boundaries
+    return phase, steps_clock
 
 
 class FitClock(L.Callback):
     """The bare loop's clock inside `fit`: after step `warmup` and after step `warmup + steps`."""
 
     def __init__(self, device: torch.device, warmup: int, steps: int) -> None:
-        self.phase, self.boundaries = Phase(device), Boundaries()
+        self.phase, self.clock = Phase(device), StepClock(warmup)
         self.warmup, self.steps = warmup, steps
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.boundaries.step_start(trainer.current_epoch)
+        self.clock.step_start(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             self.phase.start()
         elif trainer.global_step == self.warmup + self.steps:
             self.phase.stop()
-        self.boundaries.step_end()
+        self.clock.step_end()
 
 
-def lightning_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int) -> tuple[Phase, Boundaries]:
+def lightning_train(cli: LightningCLI, device: torch.device, warmup: int, steps: int) -> tuple[Phase, StepClock]:
     clock = FitClock(device, warmup, steps)
     cli.trainer.callbacks.append(clock)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return clock.phase, clock.boundaries
+    return clock.phase, clock.clock
 
 
 def loader_alone(cli: LightningCLI, device: torch.device, warmup: int, steps: int) -> Phase:
@@ -204,7 +216,7 @@ def bare_eval(cli: LightningCLI, device: torch.device, images: int) -> tuple[Pha
             batch = [t.to(device, non_blocking=True) for t in batch]
             x, masks = module.on_after_batch_transfer(batch, 0)
             probs = predict_probabilities(module.net, x, module.eval_protocol)
-            module.metrics.update(probs.argmax(dim=1), masks)
+            module.metrics.update(labels_from(probs), masks)
             if not seen:
                 first = x.shape[0]
                 phase.start()
@@ -275,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--eval-images", type=int, default=None,
                         help="validation images per evaluation phase (the first one untimed); default 100 on "
-                             "GPUs, 3 on CPUs")
+                             "GPUs, 6 on CPUs")
+    parser.add_argument("--no-ms-flip", action="store_true",
+                        help="skip the multi-scale + flip evaluation (11 network passes per image: minutes per "
+                             "image for ResNet-101 on a CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="dense peak TFLOP/s of one device in the run's precision, for MFU on devices "
                              "missing from Lightning's table (CPUs, new GPUs)")
@@ -300,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         net = model.net
         batch, crop = data.hparams.batch_size, data.hparams.crop_size
         peak = peak_flops(device, precision, args.peak_tflops)
-        eval_images = args.eval_images or (3 if device.type == "cpu" else 100)
+        eval_images = args.eval_images or (6 if device.type == "cpu" else 100)
         train_flops = train_step_flops(net, (batch, 3, crop, crop), model.train_output_stride) / batch
         say(f"device: {device_name(device)} | torch {torch.__version__} | lightning {L.__version__}")
         say(f"config: {' '.join(args.config)} {' '.join(overrides)}")
@@ -311,22 +326,28 @@ def main(argv: list[str] | None = None) -> None:
             + ("" if peak else "; MFU needs --peak-tflops on this device"))
         say(f"train: {args.steps} steps after {args.warmup} warm-up steps, loader wait and epoch boundaries included")
 
-        bare1, bare_bounds = bare_train(first, device, args.warmup, args.steps)
+        bare1, bare1_steps = bare_train(first, device, args.warmup, args.steps)
         images = batch * args.steps
         rates = [row("bare loop (before)", images, bare1, args.steps, train_flops, peak)]
-        fit, fit_bounds = lightning_train(cli("fit"), device, args.warmup, args.steps)
+        fit, fit_steps = lightning_train(cli("fit"), device, args.warmup, args.steps)
         lightning_rate = row("lightning fit", images, fit, args.steps, train_flops, peak)
-        bare2, _ = bare_train(cli("bare-2"), device, args.warmup, args.steps)
+        bare2, bare2_steps = bare_train(cli("bare-2"), device, args.warmup, args.steps)
         rates.append(row("bare loop (after)", images, bare2, args.steps, train_flops, peak))
         row("data loader alone", images, loader_alone(cli("loader"), device, args.warmup, args.steps), args.steps,
             None, None)
-        for name, bounds in (("bare", bare_bounds), ("lightning", fit_bounds)):
-            extra = bounds.extra_ms()
+        steady = {"bare (before)": bare1_steps.steady_ms(), "lightning": fit_steps.steady_ms(),
+                  "bare (after)": bare2_steps.steady_ms()}
+        say("  steady state, median step " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in steady.items()))
+        for name, clock in (("bare", bare1_steps), ("lightning", fit_steps)):
+            extra, boundaries = clock.boundary_ms()
             say(f"  epoch boundary, {name:<9}  " + ("no boundary in the timed steps" if extra is None else
                                                     f"{extra:+8.1f} ms over a step inside an epoch "
-                                                    f"({len(bounds.across)} boundaries)"))
+                                                    f"({boundaries} boundaries)"))
+        steady_ratio = statistics.mean((steady["bare (before)"], steady["bare (after)"])) / steady["lightning"]
 
         protocols = {"single scale": {}, "MS + flip": {"model.eval_scales": str(list(MS_SCALES)), "model.eval_flip": "true"}}
+        if args.no_ms_flip:
+            del protocols["MS + flip"]
         for label, protocol in protocols.items():
             settings = {"trainer.limit_val_batches": str(eval_images), **protocol}
             bare_cli = cli(f"eval-bare-{len(protocol)}", **settings)
@@ -336,12 +357,16 @@ def main(argv: list[str] | None = None) -> None:
             eval_flops = 2e9 * protocol_cost(m.net.config, p)["speed/multiply_adds"]
             bare_eval(bare_cli, device, eval_images)  # untimed: kernels for each image size are chosen once
             phase, n = bare_eval(bare_cli, device, eval_images)
-            bare_eval_rate = row("bare loop", n, phase, None, eval_flops, peak)
+            bare_rates = [row("bare loop (before)", n, phase, None, eval_flops, peak)]
             phase, n = lightning_eval(cli(f"eval-lightning-{len(protocol)}", **settings), device)
             eval_rate = row("lightning validate", n, phase, None, eval_flops, peak)
-            say(f"  lightning/bare (eval)    {eval_rate / bare_eval_rate:.3f}")
+            phase, n = bare_eval(cli(f"eval-bare-after-{len(protocol)}", **settings), device, eval_images)
+            bare_rates.append(row("bare loop (after)", n, phase, None, eval_flops, peak))
+            say(f"  lightning/bare (eval)    {eval_rate / statistics.mean(bare_rates):.3f}")
         say("  (eval MFU counts 513x513 images)")
-        say(f"lightning/bare {lightning_rate / statistics.mean(rates):.3f}")
+        say(f"lightning/bare, whole window (epoch boundaries, logging points included) "
+            f"{lightning_rate / statistics.mean(rates):.3f}")
+        say(f"lightning/bare {steady_ratio:.3f}")
         import wandb
 
         wandb.finish()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from datamodules.reading import LabelSpace
 from datamodules.transforms import NORMALIZATIONS
 from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.inference import predict_probabilities
+from lightning_modules.inference import labels_from, predict_probabilities
 from lightning_modules.pretrained import load_model
 
 #: what a folder contributes (a file named explicitly is tried whatever its suffix)
@@ -96,7 +96,7 @@ def segment(net: torch.nn.Module, images: torch.Tensor, protocol: EvalProtocol,
     probs = predict_probabilities(net, x, protocol)
     if probs.shape[-2:] != (h, w):
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-    return probs.argmax(dim=1)
+    return labels_from(probs)
 
 
 def save_mask(labels: torch.Tensor, labelspace: LabelSpace, path: Path) -> None:

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from .checkpointing import CheckpointError, read_step
 
 
 class WandbPredictions(L.Callback):
@@ -83,15 +84,25 @@ class StepCheckpoint(ModelCheckpoint):
     `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
     or resumed ablation rows would silently use stale weights. A run stopped before `max_steps` (SLURM
     requeue) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
-    exactly, and the requeue callback has already saved one at the step boundary.
+    exactly, and the requeue callback has already saved one at the step boundary. Whether `last.ckpt`
+    already holds the final step is read from the file (`read_step`), not from ModelCheckpoint's private
+    bookkeeping, which changes between Lightning releases.
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
-            return
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
+        if not self.save_last or (0 < trainer.max_steps and trainer.global_step < trainer.max_steps):
+            return
+        path = self.last_model_path or self.format_checkpoint_name({}, filename=self.CHECKPOINT_NAME_LAST)
+        stale = False
+        if trainer.is_global_zero:  # one reader decides, every process takes part in the save
+            try:
+                stale = read_step(path) != trainer.global_step
+            except CheckpointError:  # none yet
+                stale = True
+        if trainer.strategy.broadcast(stale):
+            trainer.save_checkpoint(path, self.save_weights_only)
+            self.last_model_path = path
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
+from torchmetrics.aggregation import MeanMetric
 
 from datamodules.dataset import sample_seed
 from datamodules.reading import LabelSpace
@@ -17,7 +18,7 @@ from datamodules.transforms import NORMALIZATIONS
 
 from .components import DeepLabV3Plus
 from .components.protocol import PAPER_CROP, protocol_from
-from .inference import predict_probabilities
+from .inference import labels_from, pixel_nll, predict_probabilities
 from .metrics import SegmentationMetrics
 from .pretrained import load_network_weights
 
@@ -122,6 +123,9 @@ class SegmentationModule(L.LightningModule):
         num_classes = self.net.classifier.out_channels
         self.labels = LabelSpace(tuple(f"class_{i}" for i in range(num_classes)))
         self.metrics = SegmentationMetrics(num_classes, self.labels.ignore_index)
+        # `{stage}/loss`: mean over every labelled pixel of the evaluation set, reduced across processes once
+        # at the end (a `self.log` per step would reduce every step); inputs are finite (no NaN check: a sync)
+        self.eval_loss = MeanMetric(nan_strategy="disable")
         # uint8 images are normalised on the device with the backbone's mean/std (not in the checkpoint)
         mean, std = NORMALIZATIONS[net.normalization]
         self.register_buffer("pixel_mean", 255 * torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -222,19 +226,20 @@ class SegmentationModule(L.LightningModule):
     def _eval_epoch_start(self) -> None:
         self.net.set_output_stride(self.eval_protocol.output_stride)
         self.metrics.reset()
+        self.eval_loss.reset()
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
         probs = predict_probabilities(self.net, images, self.eval_protocol)
-        loss = F.nll_loss(probs.clamp(min=1e-8).log(), masks, ignore_index=self.labels.ignore_index)
-        self.log(f"{stage}/loss", loss, batch_size=images.shape[0], sync_dist=True)
-        preds = probs.argmax(dim=1)
+        self.eval_loss.update(*pixel_nll(probs, masks, self.labels.ignore_index))
+        preds = labels_from(probs)
         self.metrics.update(preds, masks)
         return {"preds": preds}
 
     def _eval_epoch_end(self, stage: str) -> None:
         confmat = self.metrics.compute()
         scores = SegmentationMetrics.scores(confmat)
+        self.log(f"{stage}/loss", self.eval_loss.compute())
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())
         for name, iou in zip(self.labels.class_names, scores["iou"]):
@@ -267,4 +272,4 @@ class SegmentationModule(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """N×H×W class indices of a batch of normalised images (or (images, masks) pairs)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return predict_probabilities(self.net, images, self.eval_protocol).argmax(dim=1)
+        return labels_from(predict_probabilities(self.net, images, self.eval_protocol))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ablations import table1_decoder_channels, table2_decoder_structure, table3_output_stride, table5_xception
+from ablations import (precision, table1_decoder_channels, table2_decoder_structure, table3_output_stride,
+                       table5_xception)
 from ablations.plan import Plan
 from ablations.runner import main
 from conftest import ROOT
@@ -22,7 +23,7 @@ from experiments.paper import TABLE1
 
 @pytest.mark.parametrize("module,trainings,evaluations", [
     (table1_decoder_channels, 5, 5), (table2_decoder_structure, 6, 6),
-    (table3_output_stride, 4, 14), (table5_xception, 3, 16),
+    (table3_output_stride, 4, 14), (table5_xception, 3, 16), (precision, 2, 2),
 ])
 def test_dry_run_prints_every_row_with_both_multiply_adds(module, trainings, evaluations, capsys):
     assert main(module.TABLE, ["--dry-run"]) == 0

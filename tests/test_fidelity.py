@@ -16,7 +16,7 @@ from datamodules.transforms import RandomScaleCrop
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.inference import predict_probabilities
+from lightning_modules.inference import labels_from, pixel_nll, predict_probabilities
 from lightning_modules.segmentation import SegmentationModule
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -92,6 +92,24 @@ def test_multi_scale_and_flip_average_probabilities_on_the_canvas():
     ms = predict_probabilities(net, x, EvalProtocol(8, (0.5, 1.0, 1.75), True, None).resolve(8))
     assert ms.shape == (1, 4, 17, 23) and torch.allclose(ms.sum(1), torch.ones(1, 17, 23))
     assert not torch.allclose(ms, flipped)
+
+
+def test_eval_loss_and_labels_without_a_host_sync_match_the_reference():
+    """`val/loss` per batch is the NLL of the true class over labelled pixels, as `F.nll_loss` computes
+    it, with the pixel count that weights the batch in the whole-set mean; labels are argmax's, ties
+    included (the first maximum)."""
+    torch.manual_seed(0)
+    probs = torch.randn(2, 5, 7, 9).softmax(dim=1)
+    masks = torch.randint(0, 5, (2, 7, 9))
+    masks[0, :3] = 255
+    loss, count = pixel_nll(probs, masks, ignore_index=255)
+    assert count == (masks != 255).sum()
+    assert torch.allclose(loss, F.nll_loss(probs.log(), masks, ignore_index=255))
+    loss, count = pixel_nll(probs, torch.full_like(masks, 255), ignore_index=255)
+    assert count == 0 and loss == 0
+    ties = torch.tensor([0.2, 0.4, 0.4, 0.0]).view(1, 4, 1, 1).repeat(1, 1, 7, 9)
+    probs[:, :4] = ties
+    assert torch.equal(labels_from(probs), probs.argmax(dim=1)) and labels_from(ties).eq(1).all()
 
 
 @pytest.mark.parametrize("scale", [0.75, 1.25])
