@@ -90,8 +90,10 @@ class StepCheckpoint(ModelCheckpoint):
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
+            return  # stopped early (requeue): not even Lightning's own end-of-training `last.ckpt`
         super().on_train_end(trainer, pl_module)
-        if not self.save_last or (0 < trainer.max_steps and trainer.global_step < trainer.max_steps):
+        if not self.save_last:
             return
         path = self.last_model_path or self.format_checkpoint_name({}, filename=self.CHECKPOINT_NAME_LAST)
         stale = False
