@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="dense peak TFLOP/s of one device in the run's precision, for MFU on devices "
                              "missing from Lightning's table (CPUs, new GPUs)")
     args, overrides = parser.parse_known_args(argv)
+    if args.steps < 2 or args.warmup < 1:
+        parser.error(f"--steps must be at least 2 and --warmup at least 1 (got {args.steps}, {args.warmup}): the "
+                     "steady state is the median interval between timed steps")
     config_args = [f"--config={c}" for c in args.config] + overrides
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -57,3 +57,5 @@ def test_benchmark_command_measures_every_phase(voc_root):
     for phase in ("bare loop (before)", "lightning fit", "bare loop (after)", "data loader alone", "lightning validate"):
         assert re.search(rf"{re.escape(phase)} +[\d.]+ img/s", result.stdout), phase
     assert re.search(r"^lightning/bare \d+\.\d+$", result.stdout, re.M)
+    assert re.search(r"steady state, median step bare \(before\) [\d.]+ ms, lightning [\d.]+ ms", result.stdout)
+    assert len(re.findall(r"lightning/bare \(eval\) +\d+\.\d+", result.stdout)) == 2  # single scale, MS + flip
