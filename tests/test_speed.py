@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -9,7 +13,7 @@ import wandb
 
 from experiments.train import main
 from experiments.wandb_offline import read_runs
-from helpers import tiny_args
+from helpers import ROOT, tiny_args
 
 
 def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
@@ -42,17 +46,11 @@ def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
 
 def test_benchmark_command_measures_every_phase(voc_root):
     """`experiments.benchmark` on the small-run overlay: every phase reports, and the final ratio line."""
-    import re
-    import subprocess
-    import sys
-
-    from helpers import ROOT
-
     result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--config", "experiments/configs/quickstart.yaml",
                              "--config", "experiments/configs/smoke.yaml", "--steps", "2", "--warmup", "1",
                              "--eval-images", "2", f"--data.root={voc_root}", "--model.eval_canvas=null"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**__import__("os").environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for phase in ("bare loop (before)", "lightning fit", "bare loop (after)", "data loader alone", "lightning validate"):
         assert re.search(rf"{re.escape(phase)} +[\d.]+ img/s", result.stdout), phase
