@@ -123,15 +123,15 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StatefulDataLoader:
         rank, world = self._rank_world()
-        sampler = EpochSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world)
-        # On resume Lightning restores the loader's mid-epoch position (fast-forwarding the sampler)
-        # before it calls set_epoch: the sampler must already be in the restored epoch by then.
-        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         batch_size = self.per_process_batch_size
-        if len(sampler) < batch_size:
-            raise ValueError(f"{self.hparams.train_split} has {len(sampler)} samples per process, fewer than "
-                             f"the per-process batch {batch_size} (data.batch_size={self.batch_size} over {world})")
-        # StatefulDataLoader: Lightning saves its position in the checkpoint and resumes mid-epoch
+        sampler = EpochSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world, batch_size=batch_size)
+        if len(sampler) == 0:
+            raise ValueError(f"{self.hparams.train_split} has {len(self.train_set) // world} samples per process, "
+                             f"fewer than the per-process batch {batch_size} (data.batch_size={self.batch_size} "
+                             f"over {world})")
+        # A resumed run's loader gets its (epoch, position) from the checkpoint; a new one starts at the
+        # trainer's epoch. StatefulDataLoader: Lightning saves the position and resumes mid-epoch.
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         return StatefulDataLoader(self.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                                   **self._loader_kwargs())
 

@@ -49,29 +49,63 @@ class EpochSampler(Sampler):
     """Shuffles with a generator seeded by (seed, epoch) and yields (index, epoch) keys for this rank.
 
     Lightning calls `set_epoch` at each epoch start. Each rank takes every world_size-th index of the
-    same permutation; the tail that does not divide evenly is dropped so ranks step in lockstep.
+    same permutation, and only whole batches of `batch_size`: the tail is dropped, so ranks step in
+    lockstep and the position after an epoch's last batch is the epoch's end (see `EpochPosition`).
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1) -> None:
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        return self.num_samples // self.world_size // self.batch_size * self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices in `epoch`."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
-        order = order[: len(self) * self.world_size]
-        for index in order[self.rank :: self.world_size]:
-            yield index, self.epoch
+        return order[self.rank :: self.world_size][: len(self)]
+
+    def __iter__(self) -> EpochPosition:
+        return EpochPosition(self, self.epoch)
+
+
+class EpochPosition(Iterator[tuple[int, int]]):
+    """An `EpochSampler` pass: (epoch, position) is its state, which `StatefulDataLoader` saves in a checkpoint.
+
+    Restored, it continues the saved epoch from the saved position, and a position at the epoch's end
+    continues with the next epoch's first batch. Lightning resumes from a checkpoint written after an
+    epoch's last batch (a SLURM requeue or step checkpoint on the boundary) by iterating the restored
+    loader as the next epoch: replaying the finished pass there would yield nothing, and the run would
+    silently skip an epoch of the data order.
+    """
+
+    def __init__(self, sampler: EpochSampler, epoch: int, position: int = 0) -> None:
+        self.sampler = sampler
+        self.load_state_dict({"epoch": epoch, "position": position})
+
+    def __next__(self) -> tuple[int, int]:
+        if self.position >= len(self.order):
+            raise StopIteration
+        self.position += 1
+        return self.order[self.position - 1], self.epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        if self.position >= len(self.sampler):
+            self.epoch, self.position = self.epoch + 1, 0
+        self.order = self.sampler.order(self.epoch)
 
 
 class ShardSampler(Sampler):

@@ -150,25 +150,42 @@ def test_augmentation_depends_only_on_seed_epoch_index(voc_root):
     assert not torch.equal(zero[0][0], other_epoch[0][0])
 
 
-def test_mid_epoch_loader_state_restores_the_remaining_batches(voc_root):
+@pytest.mark.parametrize("taken", [5, 14])
+def test_loader_state_resumes_with_the_same_batches(voc_root, taken):
+    """Saved mid-epoch: the rest of the epoch. Saved after the epoch's last batch (as Lightning leaves the
+    loader, before it asks for a batch past the end): the next epoch, not an empty replay of this one."""
     dataset = SegmentationDataset(list_split(voc_root, "trainaug"), train_transform(65), seed=0)
 
-    def loader():
-        sampler = EpochSampler(len(dataset), seed=0)
-        sampler.set_epoch(3)
+    def loader(epoch):
+        sampler = EpochSampler(len(dataset), seed=0, batch_size=4)
+        sampler.set_epoch(epoch)
         return StatefulDataLoader(dataset, batch_size=4, sampler=sampler, drop_last=True, num_workers=2)
 
-    full = [m for _, m in loader()]
-    first = loader()
+    epoch3, epoch4 = ([m for _, m in loader(epoch)] for epoch in (3, 4))
+    assert len(epoch3) == 14
+    first = loader(3)
     iterator = iter(first)
-    for _ in range(5):
+    for _ in range(taken):
         next(iterator)
     state = first.state_dict()
-    resumed = loader()
+    resumed = loader(0)  # the saved state, not the sampler's epoch at construction, decides
     resumed.load_state_dict(state)
     rest = [m for _, m in resumed]
-    assert len(rest) == len(full) - 5 > 0
-    assert all(torch.equal(a, b) for a, b in zip(rest, full[5:]))
+    expected = epoch3[taken:] or epoch4
+    assert len(rest) == len(expected) > 0
+    assert all(torch.equal(a, b) for a, b in zip(rest, expected))
+
+
+def test_sampler_yields_whole_batches_of_one_permutation_per_epoch():
+    ranks = [EpochSampler(23, seed=1, rank=r, world_size=2, batch_size=4) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(2)
+    keys = [list(sampler) for sampler in ranks]
+    assert [len(k) for k in keys] == [len(sampler) for sampler in ranks] == [8, 8]
+    indices = [i for k in keys for i, _ in k]
+    assert len(set(indices)) == 16 and {e for k in keys for _, e in k} == {2}
+    ranks[0].set_epoch(3)
+    assert [i for i, _ in ranks[0]] != [i for i, _ in keys[0]]
 
 
 def test_full_image_validation_keeps_every_image_and_size(voc_root):

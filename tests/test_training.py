@@ -60,39 +60,46 @@ trainer:
 """
 
 
-def test_exact_resume_after_a_kill_mid_epoch(voc_root, tmp_path):
-    """N + M steps in one run == N steps, SIGKILL, resume, M steps: same weights, same losses, same W&B run."""
-    # 56 trainaug samples / batch 4 = 14 steps per epoch: killed in the middle of the second epoch
-    n, total = 18, 24
+def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch(voc_root, tmp_path):
+    """N steps in one run == the same steps SIGKILLed twice and resumed twice: same weights, losses, W&B run."""
+    # 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps. Killed at step 14 (its
+    # checkpoint closed epoch 0: the saved loader position is spent) and at step 21 (mid-epoch 1).
+    kills, total = (14, 21), 32
     common = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
-    plain = tmp_path / "plain.yaml"
-    plain.write_text(RESUME_CONFIG.format(every=n, kill=""))
-    killed = tmp_path / "killed.yaml"
-    killed.write_text(RESUME_CONFIG.format(every=n, kill=textwrap.indent(
-        f"- class_path: helpers.KillAtStep\n  init_args: {{step: {n}}}", "    ")))
+
+    def config(name: str, kill: int | None = None) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
+            f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
+        return f"--config={path}"
 
     straight = tmp_path / "straight"
-    run_cli("fit", *tiny_args(voc_root, straight, total), *common, f"--config={plain}")
+    run_cli("fit", *tiny_args(voc_root, straight, total), *common, config("plain"))
     interrupted = tmp_path / "interrupted"
-    first = run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, f"--config={killed}", check=False)
-    assert first.returncode == -9, first.stderr[-2000:]
-    assert [p.name for p in interrupted.rglob("step-*.ckpt")] == [f"step-{n}.ckpt"]
-    run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, f"--config={plain}", "--ckpt_path=last")
+    resume: list[str] = []
+    for kill in kills:
+        run = run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config(f"kill{kill}", kill),
+                      *resume, check=False)
+        assert run.returncode == -9, run.stderr[-2000:]
+        assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
+        resume = ["--ckpt_path=last"]
+    run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config("plain"), *resume)
 
     a = torch.load(next(straight.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     b = torch.load(next(interrupted.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert a["global_step"] == b["global_step"] == total
+    assert a["epoch"] == b["epoch"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
 
-    runs = read_runs(interrupted)  # one offline file per process, both of the same W&B run
-    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    runs = read_runs(interrupted)  # one offline file per process, all of the same W&B run
+    assert len(runs) == 3 and len({run.run_id for run in runs}) == 1
     losses_straight = dict(read_runs(straight)[0].metric("train/loss"))
     assert sorted(losses_straight) == list(range(total))
-    # wandb-core buffers offline records and the SIGKILLed process loses its unflushed tail: the resumed
+    # wandb-core buffers offline records and a SIGKILLed process loses its unflushed tail: the resumed
     # one re-sends it from metrics.jsonl, so together they hold every step once, as logged
-    logged = runs[0].metric("train/loss") + runs[1].metric("train/loss")
+    logged = [row for run in runs for row in run.metric("train/loss")]
     assert sorted(s for s, _ in logged) == list(range(total))
     assert all(loss == losses_straight[s] for s, loss in logged)
 
