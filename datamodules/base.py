@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .dataset import EpochSampler, SegmentationDataset, ShardSampler, pad_collate
-from .reading import LabelSpace, Sample, decode_sample
+from .reading import DatasetError, LabelSpace, Sample, decode_sample
 from .transforms import NORMALIZATIONS, eval_transform, mean_pixel, train_transform
 
 
@@ -126,9 +126,9 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size = self.per_process_batch_size
         sampler = EpochSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world, batch_size=batch_size)
         if len(sampler) == 0:
-            raise ValueError(f"{self.hparams.train_split} has {len(self.train_set) // world} samples per process, "
-                             f"fewer than the per-process batch {batch_size} (data.batch_size={self.batch_size} "
-                             f"over {world})")
+            raise DatasetError(f"--data.batch_size: expected at most {len(self.train_set) // world} per process, the "
+                               f"samples of {self.hparams.train_split} per process; got {batch_size} "
+                               f"(data.batch_size={self.batch_size} over {world} processes)")
         # A resumed run's loader gets its (epoch, position) from the checkpoint; a new one starts at the
         # trainer's epoch. StatefulDataLoader: Lightning saves the position and resumes mid-epoch.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)

@@ -88,9 +88,9 @@ class EpochPosition(Iterator[tuple[int, int]]):
     silently skip an epoch of the data order.
     """
 
-    def __init__(self, sampler: EpochSampler, epoch: int, position: int = 0) -> None:
-        self.sampler = sampler
-        self.load_state_dict({"epoch": epoch, "position": position})
+    def __init__(self, sampler: EpochSampler, epoch: int) -> None:
+        self.sampler, self.epoch, self.position = sampler, epoch, 0
+        self.order = sampler.order(epoch)
 
     def __next__(self) -> tuple[int, int]:
         if self.position >= len(self.order):

@@ -188,7 +188,8 @@ def _corrupt_image(voc_copy) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_type", "crop", "backbone", "unknown_option", "ckpt_interval",
+@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_over_split", "batch_type", "crop", "backbone",
+                                  "unknown_option", "ckpt_interval",
                                   "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
 def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capfd):
     run_dir = tmp_path / "run"
@@ -197,6 +198,7 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
     expected = {
         "lr": (["--model.lr=-0.01"], "--model.lr: expected a learning rate > 0"),
         "batch_size": (["--data.batch_size=0"], "--data.batch_size: expected a batch size >= 1"),
+        "batch_over_split": (["--data.batch_size=100"], "--data.batch_size: expected at most 56 per process"),
         "batch_type": (["--data.batch_size=four"], "--data.batch_size: Expected a int. Got value: four"),
         "crop": (["--data.crop_size=8"], "--data.crop_size: expected a crop of at least the output stride (16 px)"),
         "backbone": (["--model.net.init_args.backbone=resnet18"], "--model.net.init_args.backbone: expected one of"),
@@ -226,7 +228,8 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], err[-3000:]
     assert "Traceback" not in err
-    if case not in ("occupied_root", "empty_split", "worker_error"):  # refused before anything is created
+    # refused before anything is created
+    if case not in ("occupied_root", "empty_split", "worker_error", "batch_over_split"):
         assert not run_dir.exists()
 
 
