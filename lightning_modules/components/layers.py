@@ -5,10 +5,15 @@ from torch import nn
 
 
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> None:
+    """Padding is symmetric, (k − 1)·rate / 2 per side: TF's `SAME` at stride 1 and TF-slim's `conv2d_same`
+    (explicit symmetric padding) at stride 2, whatever the input size."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 stride: int = 1) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=padding, dilation=dilation,
+                      bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )

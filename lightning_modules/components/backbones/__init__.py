@@ -6,14 +6,17 @@ from collections.abc import Sequence
 from .base import Backbone, OUTPUT_STRIDES
 from .mobilenet import MobileNetV2Backbone
 from .resnet import ResNetBackbone
+from .resnet_beta import ResNetBetaBackbone
 from .xception import XceptionBackbone
 
-BACKBONES = ("resnet50", "resnet101", "xception65", "mobilenet_v2")
+BACKBONES = ("resnet50", "resnet101", "resnet50_beta", "resnet101_beta", "xception65", "mobilenet_v2")
 
 
 def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[int] | None = None) -> Backbone:
     if name in ("resnet50", "resnet101"):
         return ResNetBackbone(int(name[len("resnet"):]), weights=weights, multi_grid=multi_grid)
+    if name in ("resnet50_beta", "resnet101_beta"):
+        return ResNetBetaBackbone(int(name[len("resnet"):-len("_beta")]), weights=weights, multi_grid=multi_grid)
     if multi_grid:
         raise ValueError(f"multi_grid is only supported for ResNet backbones, not {name!r}")
     if name == "xception65":
