@@ -1,7 +1,12 @@
 """Conv + BN + ReLU building blocks shared by ASPP and decoder."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from timm.layers import pad_same
 from torch import nn
+
+from .official import OfficialNames, conv_bn
 
 
 class ConvBNReLU(nn.Sequential):
@@ -37,8 +42,36 @@ def conv3x3(in_channels: int, out_channels: int, dilation: int = 1, separable: b
     return ConvBNReLU(in_channels, out_channels, 3, dilation)
 
 
+def official_conv_names(block: nn.Sequential, scope: str, plain_scope: str | None = None) -> OfficialNames:
+    """TF-slim's variables of a `ConvBNReLU` or `conv3x3` block: `<scope>_depthwise` + `<scope>_pointwise`
+    when separable (`split_separable_conv2d`), else `plain_scope` (default: `scope`)."""
+    if isinstance(block, SeparableConvBNReLU):
+        return conv_bn("0", "1", f"{scope}_depthwise", depthwise=True) | conv_bn("3.0", "3.1", f"{scope}_pointwise")
+    return conv_bn("0", "1", plain_scope or scope)
+
+
 def set_dilation(block: nn.Sequential, dilation: int) -> None:
     """Set the rate of a block made by `conv3x3`, in place."""
     conv = block[0]
     conv.dilation = (dilation, dilation)
     conv.padding = (dilation, dilation)
+
+
+class TFSameConv2d(nn.Conv2d):
+    """TF's `padding='SAME'` when striding: the total padding is what the stride needs and the odd pixel goes
+    after (at an even size: nothing before, one after), not PyTorch's symmetric padding. At stride 1 the two
+    agree, so a stride set to 1 by `set_output_stride` runs as a plain conv."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
+        x = pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> "TFSameConv2d":
+        """The same conv, same parameters, TF's padding."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None)
+        new.load_state_dict(conv.state_dict())
+        return new

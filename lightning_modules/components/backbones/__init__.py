@@ -12,7 +12,11 @@ from .xception import XceptionBackbone
 BACKBONES = ("resnet50", "resnet101", "resnet50_beta", "resnet101_beta", "xception65", "mobilenet_v2")
 
 
-def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[int] | None = None) -> Backbone:
+def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[int] | None = None,
+                   official_layers: bool = False) -> Backbone:
+    if official_layers and name != "mobilenet_v2":
+        raise ValueError(f"official_layers changes only mobilenet_v2; {name!r} already computes as the official "
+                         "network (README Fidelity)")
     if name in ("resnet50", "resnet101"):
         return ResNetBackbone(int(name[len("resnet"):]), weights=weights, multi_grid=multi_grid)
     if name in ("resnet50_beta", "resnet101_beta"):
@@ -22,7 +26,7 @@ def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[i
     if name == "xception65":
         return XceptionBackbone(weights=weights)
     if name == "mobilenet_v2":
-        return MobileNetV2Backbone(weights=weights)
+        return MobileNetV2Backbone(weights=weights, official_layers=official_layers)
     raise ValueError(f"unknown backbone {name!r}: expected one of {BACKBONES}")
 
 
