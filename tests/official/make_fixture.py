@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         if manifest != build_manifest(tf, model, network, 8):
             raise SystemExit(f"{network}: the variables differ between output stride 16 and 8")
         path = args.out / f"{network}.manifest.json"
-        path.write_text(json.dumps(manifest, indent=1) + "\n")
+        path.write_text("[\n" + ",\n".join(json.dumps(v) for v in manifest) + "\n]\n")
         print(f"{path}: {len(manifest)} variables, {sum(int(np.prod(v['shape'])) for v in manifest):,} values")
     if args.manifests_only:
         return
