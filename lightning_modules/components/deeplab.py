@@ -77,6 +77,11 @@ class DeepLabV3Plus(nn.Module):
         return self.backbone.output_stride
 
     @property
+    def head_stride(self) -> int:
+        """Stride of the logits before upsampling: 4 with the decoder, else the output stride."""
+        return self.output_stride if self.decoder is None else 4
+
+    @property
     def normalization(self) -> str:
         """Input normalisation the backbone's ImageNet weights expect ("imagenet" or "inception")."""
         return self.backbone.normalization

@@ -61,8 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from weights import official_value, test_image  # noqa: E402
 
 NUM_CLASSES = 21
-SIZES = {"odd": (49, 65), "even": (48, 64)}
-IMAGE_SEEDS = {"odd": 0, "even": 1}
+# "aligned": (side - 1) divisible by 4 x 16, so our evaluation canvas is the image itself at OS16
+SIZES = {"odd": (49, 65), "even": (48, 64), "aligned": (65, 65)}
+IMAGE_SEEDS = {"odd": 0, "even": 1, "aligned": 2}
 MS_SCALES = [0.5, 0.75, 1.0, 1.25]
 
 # (pattern, replacement) applied to every official source file on load.
@@ -249,7 +250,7 @@ NETWORKS = {
 CASES = [
     (network, stride, size)
     for network in NETWORKS
-    for stride, size in ((16, "odd"), (16, "even"), (8, "odd"))
+    for stride, size in ((16, "odd"), (16, "even"), (8, "odd"), (16, "aligned"))
 ]
 
 
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="fixture folder to write")
     parser.add_argument("--manifests-only", action="store_true", help="write the three manifests and stop")
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES),
+                        help="only the cases of these sizes")
     args = parser.parse_args(argv)
     for flag, folder in (("--deeplab", args.deeplab / "model.py"), ("--slim", args.slim / "nets" / "mobilenet")):
         if not folder.exists():
@@ -361,9 +364,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     for network, stride, size_name in CASES:
-        if network not in args.networks:
+        if network not in args.networks or size_name not in args.sizes:
             continue
-        with_ms = stride == 16 and size_name == "odd"
+        with_ms = stride == 16 and size_name in ("odd", "aligned")
         arrays, manifest = run_case(tf, model, network, stride, size_name, with_ms)
         if manifest != json.loads((args.out / f"{network}.manifest.json").read_text()):
             raise SystemExit(f"{network}: the case graph's variables differ from the manifest")
