@@ -44,6 +44,8 @@ _BACKBONES = {
     "resnet_v1_50": ("resnet50_beta", {}),
     "resnet_v1_101": ("resnet101_beta", {}),
 }
+#: scopes of the DeepLab head, whatever the backbone
+_HEAD_SCOPE = re.compile(r"^(aspp\d+(_depthwise|_pointwise)?|image_pooling|concat_projection|decoder|logits|global_step)$")
 #: label spaces by class count: the zoo's VOC and Cityscapes (trainId) checkpoints
 _LABELS = {21: VOC_LABELS, 19: CITYSCAPES_LABELS}
 #: in an ImageNet backbone checkpoint, the parts that are not the DeepLab backbone: the classifier and
@@ -112,9 +114,11 @@ def network_arguments(shapes: Mapping[str, tuple[int, ...]], output_stride: int 
     scopes = {name.split("/", 1)[0] for name in shapes}
     found = [s for s in _BACKBONES if s in scopes]
     if not found:
-        raise OfficialCheckpointError(f"no DeepLab backbone among the checkpoint's variables (top-level scopes "
-                           f"{sorted(scopes)[:8]}); expected one of {sorted(_BACKBONES)}: xception_65, MobilenetV2 "
-                           "or resnet_v1_{50,101} beta")
+        head = "logits/semantic/weights" in shapes
+        listed = ", ".join(sorted(s for s in scopes if not _HEAD_SCOPE.match(s))[:5]) or "none"
+        what = (f"a DeepLab checkpoint whose backbone ({listed}) we do not build" if head else
+                f"not a DeepLab checkpoint: no DeepLab backbone among its variables (top-level scopes {listed})")
+        raise OfficialCheckpointError(f"{what}; supported: {', '.join(_BACKBONES)} (the resnets as their beta variant)")
     scope = found[0]
     backbone, extra = _BACKBONES[scope]
     if backbone.endswith("_beta") and f"{scope}/conv1_1/weights" not in shapes:
@@ -201,7 +205,8 @@ def convert(variables: Mapping[str, np.ndarray], dropped: Mapping[str, tuple[int
         "dropped": sorted(dropped) + sorted(imagenet_only),
         "left_initialised": left,
     }
-    checkpoint: dict = {"state_dict": state, "official": provenance,
+    # the keys Lightning reads from a weights-only checkpoint (`validate --ckpt_path`); never trained here
+    checkpoint: dict = {"state_dict": state, "official": provenance, "epoch": 0, "global_step": 0,
                         "pytorch-lightning_version": lightning.__version__}
     summary = [f"{scope}: {len(used)} official tensors → {len(state)} of ours"
                f"{'' if head else ' (backbone only, for --model.init_from)'}",

@@ -56,8 +56,8 @@ def _main(prefix: str, out: str) -> int:
         shapes = reader.get_variable_to_shape_map()
         read = sorted(name for name in shapes if not NOT_THE_NETWORK.search(name))
         arrays = {f"v{i}": np.asarray(reader.get_tensor(name)) for i, name in enumerate(read)}
-    except (tf.errors.OpError, ValueError) as e:  # NotFound, DataLoss (torn), InvalidArgument (not a checkpoint)
-        reason = " ".join(str(getattr(e, "message", e)).split())
+    except Exception as e:  # NotFound, DataLoss, IndexError (torn), InvalidArgument (not a checkpoint), …
+        reason = f"{type(e).__name__}: " + " ".join(str(getattr(e, "message", e)).split())
         print(f"{_ERROR}{prefix}: not a readable TensorFlow checkpoint ({reason[:300]})", file=sys.stderr)
         return 2
     dropped = {name: list(shapes[name]) for name in sorted(shapes) if NOT_THE_NETWORK.search(name)}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import pad_same
 from torch import nn
 
 from .official import OfficialNames, conv_bn
@@ -58,20 +57,33 @@ def set_dilation(block: nn.Sequential, dilation: int) -> None:
 
 
 class TFSameConv2d(nn.Conv2d):
-    """TF's `padding='SAME'` when striding: the total padding is what the stride needs and the odd pixel goes
-    after (at an even size: nothing before, one after), not PyTorch's symmetric padding. At stride 1 the two
-    agree, so a stride set to 1 by `set_output_stride` runs as a plain conv."""
+    """A 3×3 conv with TF's `padding='SAME'` when it strides by 2: total padding 1 at an even size (none before,
+    one after), 2 at an odd size (one each side), i.e. the last pixel is always a kernel centre. PyTorch's
+    symmetric padding anchors the first pixel instead, so the layer runs the symmetric conv on the flipped
+    image with the flipped kernel and flips back: the same numbers as TF, with no branch on the input size
+    (torch.export and dynamic shapes). At stride 1 (`set_output_stride`) both paddings agree."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1):
             return super().forward(x)
-        x = pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x.flip(-2, -1), self.weight.flip(-2, -1), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups).flip(-2, -1)
 
     @classmethod
     def replacing(cls, conv: nn.Conv2d) -> "TFSameConv2d":
         """The same conv, same parameters, TF's padding."""
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, conv.bias is not None)
+        if conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.dilation != (1, 1):
+            raise ValueError(f"TFSameConv2d is for 3×3 convs of stride 2, got {conv}")
+        new = cls(conv.in_channels, conv.out_channels, 3, 2, 1, 1, conv.groups, conv.bias is not None)
         new.load_state_dict(conv.state_dict())
         return new
+
+
+class TFSameMaxPool2d(nn.MaxPool2d):
+    """`max_pool2d(3, stride=2, padding='SAME')` of TF, as `TFSameConv2d` does it: the last pixel is a centre."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flip(-2, -1)).flip(-2, -1)

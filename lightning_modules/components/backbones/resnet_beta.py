@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from ..layers import ConvBNReLU
+from ..layers import ConvBNReLU, TFSameMaxPool2d
 from ..official import OfficialNames, batch_norm, conv, conv_bn, prefixed
 from .base import is_weights_file
 from .resnet import ResNetBackbone
@@ -53,7 +52,7 @@ class ResNetBetaBackbone(ResNetBackbone):
         self.output_stride = 32
         self.body = nn.Module()
         self.body.stem = nn.Sequential(ConvBNReLU(3, 64, 3, stride=2), ConvBNReLU(64, 64, 3), ConvBNReLU(64, 128, 3))
-        self.body.maxpool = MaxPool2dSame(3, 2)
+        self.body.maxpool = TFSameMaxPool2d()
         channels = 128
         for b, (n, width) in enumerate(zip(_UNITS[depth], _WIDTHS)):
             units = []
