@@ -29,8 +29,9 @@ def _ints(text: str) -> list[int]:
 
 def network_config_yaml(checkpoint: dict, source: str) -> str:
     """The config that builds the checkpoint's network, for `experiments.train --config`."""
-    config = {"model": {"net": {"class_path": "lightning_modules.components.DeepLabV3Plus",
-                                "init_args": checkpoint["net_config"]}},
+    # num_classes is the dataset's (experiments.train links it): left out, so fine-tuning on another dataset works
+    init_args = {k: v for k, v in checkpoint["net_config"].items() if k != "num_classes"}
+    config = {"model": {"net": {"class_path": "lightning_modules.components.DeepLabV3Plus", "init_args": init_args}},
               "data": {"normalization": "inception"}}
     header = f"# The network of an official checkpoint, written by experiments.import_official from {source}\n"
     return header + yaml.safe_dump(config, sort_keys=False)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         imported = import_official(args.source, args.output, output_stride=args.output_stride,
                                    atrous_rates=args.atrous_rates, multi_grid=args.multi_grid or None)
-    except (OfficialCheckpointError, ImportError) as e:
+    except (ValueError, ImportError) as e:  # OfficialCheckpointError, or a flag the network cannot take
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     lines = [f"wrote {args.output}", *imported.summary]
