@@ -120,8 +120,10 @@ def with_boundary(mask: np.ndarray, width: int = 2) -> np.ndarray:
 
 
 def _chw(array: np.ndarray) -> torch.Tensor:
-    """H×W (gray) or H×W×3 uint8 → the C×H×W tensor TorchCodec's encoders take."""
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous() if array.ndim == 3 else torch.from_numpy(array)[None]
+    """H×W (gray) or H×W×3 uint8 → the C×H×W tensor TorchCodec's encoders take (a read-only array, e.g. a
+    view of a PIL image, is copied: torch refuses to wrap it silently)."""
+    tensor = torch.from_numpy(np.require(array, np.uint8, "W"))
+    return tensor.permute(2, 0, 1).contiguous() if array.ndim == 3 else tensor[None]
 
 
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
