@@ -26,7 +26,7 @@ def two_runs(voc_root, tmp_path_factory):
     runs = []
     for lr in ("0.02", "0.01"):
         run_dir = tmp / f"lr{lr}"
-        result = run_cli(*tiny_args(voc_root, run_dir, **{"model.lr": lr, "trainer.precision": "32-true",
+        result = run_cli("fit", *tiny_args(voc_root, run_dir, **{"model.lr": lr, "trainer.precision": "32-true",
                                                           "model.channels_last": "false"}))
         runs.append((run_dir, result.stdout + result.stderr))
     return runs
@@ -36,20 +36,22 @@ def test_wandb_predictions_show_the_image_and_the_predicted_masks(voc_root, two_
     run_dir, log = two_runs[0]
     assert "Images sizes do not match" not in log
     files = next(run_dir.glob("wandb/offline-run-*/files"))
-    rows = [row for run in read_runs(run_dir) for row in run.history if "val/predictions/0" in row]
+    rows = [row for run in read_runs(run_dir) for row in run.history if "val/predictions/0/path" in row]
     assert rows
+    row = rows[-1]  # the last validation, at the step of last.ckpt
     net = load_model(next(run_dir.glob("**/checkpoints/last.ckpt")))
     protocol = EvalProtocol(canvas=(513, 513)).resolve(net.output_stride)
     val = voc.list_split(voc_root, "val")
-    shown = [key for key in rows[-1] if key.startswith("val/predictions/")]
+    shown = [key.removesuffix("/path") for key in row if key.startswith("val/predictions/") and key.count("/") == 3
+             and key.endswith("/path")]
     assert len(shown) == 4
     for key in shown:
         image, mask = voc.decode_sample(val[int(key.rsplit("/", 1)[1])])
-        logged = rows[-1][key]
-        picture = np.asarray(Image.open(files / logged["path"]).convert("RGB"), dtype=np.float64)
+        picture = np.asarray(Image.open(files / row[f"{key}/path"]).convert("RGB"), dtype=np.float64)
         assert picture.shape == (*image.shape[1:], 3)  # full size, not resized to a common one
         assert np.abs(picture - image.permute(1, 2, 0).numpy()).mean() < 1.0  # the real colours
-        masks = {name: np.asarray(Image.open(files / m["path"])) for name, m in logged["masks"].items()}
+        masks = {name: np.asarray(Image.open(files / row[f"{key}/masks/{name}/path"]))
+                 for name in ("prediction", "ground_truth")}
         assert (masks["ground_truth"] == mask[0].numpy()).all()
         predicted = segment(net, image[None], protocol)[0].numpy()
         assert (masks["prediction"] == predicted).mean() > 0.999
