@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from .components.complexity import protocol_cost
+from .components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost
 from .components import DeepLabV3Plus
 from .components.complexity import build_on_meta
 
@@ -118,6 +118,10 @@ class SpeedMonitor(L.Callback):
             if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
                 logger.experiment.summary.update(self.cost)
         self._log(trainer, self.cost)
+        if stage == "fit":  # the one-line model summary (Lightning's is off: its FLOPs column reads 0)
+            rank_zero_info(f"network: {self.cost[PARAMETERS]:.1f} M parameters, "
+                           f"{self.cost[MULTIPLY_ADDS]:.1f} B Multiply-Adds per image "
+                           f"({self.cost[MULTIPLY_ADDS_TF]:.1f} B counted the TF way) for the eval protocol")
 
     def _peak(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         return peak_flops(pl_module.device, trainer.precision, self.peak_tflops)
