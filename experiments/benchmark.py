@@ -354,11 +354,12 @@ PROTOCOLS = {"single scale": {}, "MS + flip": {"model.eval_scales": str(list(MS_
 def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int | None = None,
             protocols: dict[str, dict[str, str]] | None = None, train: bool = True, loader: bool = True,
             val_every: int | None = None, val_batches: int = 2, peak_tflops: float | None = None,
-            say: Callable[[str], None] = lambda line: None) -> dict:
+            compare: bool = True, say: Callable[[str], None] = lambda line: None) -> dict:
     """Every phase of the module docstring for the config `config_args` (CLI arguments, overrides
     included), as a dict; `say` gets the report's lines as they are measured. `train=False` measures
     evaluation only; `val_every` puts a `val_batches`-batch validation every `val_every` steps into both
-    training loops (their mean rates then include validation stalls, their steady states do not)."""
+    training loops (their mean rates then include validation stalls, their steady states do not).
+    `compare=False` runs Lightning's `fit` and `validate` alone (no bare loops, no ratios)."""
     os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     total = warmup + steps
@@ -395,7 +396,7 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
 
         if train:
             result["train"] = train_phases(cli, first, device, warmup, steps, val_every, val_batches,
-                                           train_flops, peak, loader, Path(tmp) / "fit", say)
+                                           train_flops, peak, loader, Path(tmp) / "fit", compare, say)
         result["eval"] = {}
         for label, protocol in protocols.items():
             settings = {"trainer.limit_val_batches": str(eval_images), **protocol}
@@ -404,6 +405,12 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
             p = m.eval_protocol
             say(f"eval {label}, OS{p.output_stride}, scales {list(p.scales)}, flip {p.flip}, canvas {p.canvas}:")
             eval_flops = 2e9 * protocol_cost(m.net.config, p)["speed/multiply_adds"]
+            if not compare:
+                lightning = figures(*lightning_eval(bare_cli, device), None, eval_flops, peak)
+                say(format_row("lightning validate", lightning))
+                result["eval"][label] = {"output_stride": p.output_stride, "scales": list(p.scales), "flip": p.flip,
+                                         "phases": {"lightning": lightning}, "ratio": None}
+                continue
             bare_eval(bare_cli, device, eval_images)  # untimed: kernels for each image size are chosen once
             phases = {"bare (before)": bare_eval(bare_cli, device, eval_images),
                       "lightning": lightning_eval(cli(f"eval-lightning-{label}", **settings), device),
@@ -427,7 +434,7 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
 
 def train_phases(cli: Callable[..., LightningCLI], first: LightningCLI, device: torch.device, warmup: int,
                  steps: int, val_every: int | None, val_batches: int, train_flops: float, peak: float | None,
-                 loader: bool, fit_dir: Path, say: Callable[[str], None]) -> dict:
+                 loader: bool, fit_dir: Path, compare: bool, say: Callable[[str], None]) -> dict:
     """Bare loop, Lightning `fit`, bare loop again (and the loader alone): rates, steady states, ratios and
     the logged speed against the wall clock."""
     batch = first.datamodule.hparams.batch_size
@@ -438,6 +445,14 @@ def train_phases(cli: Callable[..., LightningCLI], first: LightningCLI, device: 
         fit_settings.update({"trainer.val_check_interval": str(val_every),
                              "trainer.limit_val_batches": str(val_batches)})
     images = batch * steps
+    if not compare:
+        fit = lightning_train(cli("fit", **fit_settings), device, warmup, steps)
+        lightning = figures(images, fit.phase, steps, train_flops, peak)
+        say(format_row("lightning fit", lightning))
+        logged = logged_train_rate(fit_dir, warmup, steps)
+        return {"phases": {"lightning": lightning}, "steady_ms": {"lightning": fit.clock.steady_ms()},
+                "wall_images_per_s": images / (fit.phase.seconds - fit.val_seconds),
+                "logged_images_per_s": logged * batch if logged else None}
     bare1, bare1_steps, bare1_val = bare_train(first, device, warmup, steps, val_every, val_batches)
     fit = lightning_train(cli("fit", **fit_settings), device, warmup, steps)
     bare2, bare2_steps, bare2_val = bare_train(cli("bare-2"), device, warmup, steps, val_every, val_batches)
