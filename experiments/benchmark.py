@@ -406,7 +406,8 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
             say(f"eval {label}, OS{p.output_stride}, scales {list(p.scales)}, flip {p.flip}, canvas {p.canvas}:")
             eval_flops = 2e9 * protocol_cost(m.net.config, p)["speed/multiply_adds"]
             if not compare:
-                lightning = figures(*lightning_eval(bare_cli, device), None, eval_flops, peak)
+                phase, n = lightning_eval(bare_cli, device)
+                lightning = figures(n, phase, None, eval_flops, peak)
                 say(format_row("lightning validate", lightning))
                 result["eval"][label] = {"output_stride": p.output_stride, "scales": list(p.scales), "flip": p.flip,
                                          "phases": {"lightning": lightning}, "ratio": None}
