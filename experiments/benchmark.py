@@ -233,7 +233,7 @@ def logged_train_rate(run_dir: Path, warmup: int, steps: int) -> float | None:
     rates.sort()
     previous, seconds = warmup, 0.0
     for step, rate in rates:
-        seconds += (step - previous) / rate  # steps per (images/s): the batch size cancels below
+        seconds += (step - previous) / rate  # the batch size cancels: a harmonic mean of the rates
         previous = step
     return (previous - warmup) / seconds
 
@@ -453,7 +453,7 @@ def train_phases(cli: Callable[..., LightningCLI], first: LightningCLI, device: 
         logged = logged_train_rate(fit_dir, warmup, steps)
         return {"phases": {"lightning": lightning}, "steady_ms": {"lightning": fit.clock.steady_ms()},
                 "wall_images_per_s": images / (fit.phase.seconds - fit.val_seconds),
-                "logged_images_per_s": logged * batch if logged else None}
+                "logged_images_per_s": logged}
     bare1, bare1_steps, bare1_val = bare_train(first, device, warmup, steps, val_every, val_batches)
     fit = lightning_train(cli("fit", **fit_settings), device, warmup, steps)
     bare2, bare2_steps, bare2_val = bare_train(cli("bare-2"), device, warmup, steps, val_every, val_batches)
@@ -483,7 +483,7 @@ def train_phases(cli: Callable[..., LightningCLI], first: LightningCLI, device: 
               "validation_s": {"bare": statistics.mean((bare1_val, bare2_val)), "lightning": fit.val_seconds},
               "ratio_steady": bare_steady / steady["lightning"], "ratio_mean": rows["lightning"]["images_per_s"] / bare_mean,
               "wall_images_per_s": images / train_seconds,
-              "logged_images_per_s": logged * batch if logged else None}
+              "logged_images_per_s": logged}
     if val_every:
         say(f"  validation inside the timed steps, bare {result['validation_s']['bare']:.2f} s, lightning "
             f"{fit.val_seconds:.2f} s")
