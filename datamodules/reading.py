@@ -6,8 +6,6 @@ other ids than the training classes (Cityscapes label ids), the table that maps 
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,18 +209,3 @@ def check_files(samples: dict[str, Sample], listed_in: dict[str, Path]) -> None:
                 missing = sum(not s.image.is_file() or not s.mask.is_file() for s in samples.values())
                 raise DatasetError(f"{listed_in[image_id]}: lists {image_id} but {path} does not exist "
                                    f"({missing} of {len(samples)} listed samples have missing files)")
-
-
-def check_splits(list_split: Callable[[str], Sequence[Sample]], decode: Callable[[Sample], object],
-                 splits: Iterable[str]) -> int:
-    """`--check`: decode every sample of every split, print the counts; exit status 1 naming the bad file."""
-    try:
-        for split in splits:
-            samples = list_split(split)
-            for sample in samples:
-                decode(sample)
-            print(f"{split}: {len(samples)} samples OK")
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
