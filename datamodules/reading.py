@@ -13,7 +13,8 @@ import numpy as np
 import scipy.io
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchcodec.decoders import decode_image
+
+from .codecs import decode_image
 
 #: the label value every mask uses for "not scored" once decoded (official code: ignore_label 255)
 IGNORE_INDEX = 255
@@ -117,7 +118,7 @@ def read_rgb(path: Path) -> torch.Tensor:
     PIL reads what TorchCodec does not (BMP, TIFF). FileNotFoundError if missing; ValueError with the
     reason ("not an image", a torn file, an animation) otherwise."""
     try:
-        image = decode_image(path, mode="RGB")
+        image = decode_image(path)
     except FileNotFoundError:
         raise
     except (RuntimeError, ValueError) as codec_error:

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.io
 import torch
 from PIL import Image
-from torchcodec.encoders import JpegEncoder, PngEncoder
 
+from .codecs import write_jpeg, write_png
 from .reading import color_map
 
 # class index → (shape, RGB colour, texture); distinct enough to be learnt in a few hundred steps
@@ -127,7 +127,7 @@ def _chw(array: np.ndarray) -> torch.Tensor:
 
 
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
-    JpegEncoder(_chw(image)).to_file(path, quality=90)
+    write_jpeg(path, _chw(image), quality=90)
 
 
 def _write_palette_png(path: Path, mask: np.ndarray, palette: list[int]) -> None:
@@ -183,7 +183,7 @@ FOLDER_CLASSES = ("background", "round", "boxy", "pointy", "ring")
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    PngEncoder(_chw(array)).to_file(path)
+    write_png(path, _chw(array))
 
 
 def generate_folder(out: str | Path, seed: int = 0, n_train: int = 12, n_val: int = 6) -> Path:

@@ -1,12 +1,17 @@
 """Issue 23: images decoded by TorchCodec, masks by PIL as palette indices, one orientation rule for both."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
 
 from datamodules.reading import DatasetError, LabelSpace, Sample, decode_mask, decode_sample, read_rgb
+from helpers import ROOT
 
 ORIENTATION = 0x0112  # the EXIF tag; 6 = "rotate 90° clockwise to display"
 
@@ -128,3 +133,29 @@ def test_foreign_torn_and_animated_files_are_one_reason(tmp_path):
         Image.fromarray(np.zeros((33, 47), np.uint8)).save(mask)
         with pytest.raises(DatasetError, match=rf"{name}: cannot decode the image \(.*{reason}"):
             decode_sample(Sample(tmp_path / name, mask), num_classes=2)
+
+
+_WITHOUT_TORCHCODEC = """
+import sys
+sys.modules["torchcodec"] = None  # as on a machine whose torch no image-capable TorchCodec is built for
+from pathlib import Path
+import torch
+from datamodules import codecs, reading
+out = Path(sys.argv[1])
+image = torch.arange(3 * 20 * 30, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(3, 20, 30)
+codecs.write_png(out / "a.png", image)
+codecs.write_jpeg(out / "a.jpg", image)
+torch.save({"backend": codecs.BACKEND, "png": reading.read_rgb(out / "a.png"),
+            "jpg": reading.read_rgb(out / "a.jpg"), "image": image}, out / "decoded.pt")
+"""
+
+
+def test_without_torchcodec_images_are_read_and_written_by_torchvision(tmp_path):
+    subprocess.run([sys.executable, "-c", _WITHOUT_TORCHCODEC, str(tmp_path)], cwd=ROOT, check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    fallback = torch.load(tmp_path / "decoded.pt")
+    assert fallback["backend"] == "torchvision.io"
+    assert torch.equal(fallback["png"], fallback["image"])  # lossless both ways
+    assert torch.equal(read_rgb(tmp_path / "a.png"), fallback["png"])  # TorchCodec reads torchvision's file
+    jpeg = read_rgb(tmp_path / "a.jpg").float()
+    assert (jpeg - fallback["jpg"].float()).abs().mean() < 1.0
