@@ -15,7 +15,7 @@ def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
     out = tmp_path / "check"
     result = subprocess.run([sys.executable, "-m", "experiments.device_check", "--small", "--out", str(out),
                              "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
-                             "--parts", "lightning,backbones"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                             "--parts", "lightning,backbones,compile"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
