@@ -65,7 +65,7 @@ def held_points(rows) -> Counter:
 
 def offline_history(save_dir: str | Path, run_id: str, exclude: str | Path | None = None) -> list[dict]:
     """The history rows earlier processes of run `run_id` wrote to their offline `.wandb` files."""
-    from experiments.wandb_offline import read_run  # the one reader of wandb's offline file format
+    from .wandb_offline import read_run  # the one reader of wandb's offline file format
 
     rows = []
     for path in sorted(Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):

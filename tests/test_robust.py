@@ -18,7 +18,7 @@ from datamodules import synthetic, voc_datamodule
 from datamodules.voc import DatasetError, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
 from experiments import train
-from experiments.wandb_offline import read_runs
+from lightning_modules.wandb_offline import read_runs
 from helpers import ROOT, run_cli, tiny_args
 from lightning_modules.checkpointing import CheckpointError, resolve_ckpt_path
 from lightning_modules.run_record import read_records, read_results

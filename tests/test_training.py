@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datamodules.voc_datamodule import VOCDataModule
-from experiments.wandb_offline import read_runs
+from lightning_modules.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
