@@ -15,6 +15,7 @@ was expected>` and exits non-zero; `--debug` (or DEEPLAB_DEBUG=1) shows the full
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -25,11 +26,14 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.base import SegmentationDataModule
 from experiments.user_errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
                                      check_config, one_line)
 from lightning_modules.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from lightning_modules import run_lock
+from lightning_modules.requeue import STOP_STATUS, Preemption
 from lightning_modules.run_record import RunRecord
 from lightning_modules.segmentation import SegmentationModule
 
@@ -116,6 +120,8 @@ class TrainCLI(LightningCLI):
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
             if config.ckpt_path is None and self.subcommand != "fit":
                 raise ConfigError("--ckpt_path", f"expected a checkpoint: none in {config.trainer.default_root_dir}")
+        if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
+            self.run_lock = run_lock.acquire(config.trainer.default_root_dir)
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every checkpoint written atomically and durably; the run record beside the configured logger."""
@@ -146,13 +152,22 @@ def main(args: list[str] | None = None) -> TrainCLI:
         args = [a for a in args if a != "--debug"]
     subcommand_kwargs = {"default_config_files": [str(BASE_CONFIG)]}
     try:
-        return TrainCLI(**CLI_KWARGS, parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
-                        args=args)
+        cli = TrainCLI(**CLI_KWARGS, parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
+                       args=args)
+    except SIGTERMException:  # Lightning's own handling, outside the training steps (setup, final validation)
+        print("error: stopped by SIGTERM outside the training steps; resume with --ckpt_path last", file=sys.stderr)
+        raise SystemExit(STOP_STATUS[signal.SIGTERM]) from None
     except USER_ERRORS as e:
         if debug:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+    if getattr(cli, "run_lock", None):
+        run_lock.release(cli.run_lock)
+    status = max((c.exit_status for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, Preemption)), default=0)
+    if status:
+        raise SystemExit(status)
+    return cli
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from typing import NoReturn
 from lightning.pytorch.cli import LightningArgumentParser
 
 from datamodules.voc import DatasetError, voc_dir
-from lightning_modules.checkpointing import CheckpointError
+from lightning_modules.checkpointing import CheckpointError, DiskFullError
+from lightning_modules.run_lock import RunInUseError
+from lightning_modules.run_record import RunFileError
 from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
 
 
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
         super().__init__(f"{option}: {expected}")
 
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DiskFullError, RunFileError, RunInUseError)
 
 
 def one_line(error: BaseException) -> str:

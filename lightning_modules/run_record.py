@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from .checkpointing import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 
@@ -35,33 +37,58 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The complete lines of a metrics file (a line torn by a kill mid-write is dropped)."""
+class RunFileError(ValueError):
+    """A run file that cannot be read back; the message names it and what to do."""
+
+
+def scan_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(every readable record of a metrics file, one problem per line that is not one).
+
+    A last line torn by a crash mid-write is cut; a damaged line elsewhere is skipped by number and every
+    line after it is kept (one bad line must not hide the rest of the run)."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
+        return [], []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    records, problems = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+                raise ValueError("not a record")
+            records.append(record)
+        except ValueError:
+            torn = number == len(lines)  # no newline after it: the write was cut short
+            problems.append(f"{path}: cut the torn last line {number}" if torn else
+                            f"{path}: skipped damaged line {number}")
+    return records, problems
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a metrics file, warning once per torn or damaged line (see `scan_records`)."""
+    records, problems = scan_records(path)
+    for problem in problems:
+        rank_zero_warn(problem)
     return records
 
 
 def read_results(run_dir: str | Path) -> dict:
-    """`results.json` of a run directory ({} if the run has not finished a stage yet)."""
+    """`results.json` of a run directory ({} if the run has not finished a stage yet); RunFileError naming
+    the file if it is not JSON (a copy cut short, an editor)."""
     path = Path(run_dir) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(errors="replace"))
+    except ValueError as e:
+        raise RunFileError(f"{path}: unreadable ({e}); delete it and rerun the stage (fit --ckpt_path last, "
+                           "validate, test) to write it again") from None
+    if not isinstance(results, dict):
+        raise RunFileError(f"{path}: expected a JSON object of stages, got {type(results).__name__}")
+    return results
 
 
 def _same_batch(after: list[dict], step: int):
@@ -144,8 +171,9 @@ class RunRecord(Logger, L.Callback):
         self._save_dir.mkdir(parents=True, exist_ok=True)
         if self._file is not None:
             self._file.close()
-        if len(keep) != len(read_records(self.metrics_path)) or not self.metrics_path.exists():
-            _write_durably(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+        records, problems = scan_records(self.metrics_path)
+        if problems or len(keep) != len(records) or not self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
         self._file = open(self.metrics_path, "a")
         self.count = len(keep)
 
@@ -207,9 +235,13 @@ class RunRecord(Logger, L.Callback):
         self._write_result(stage, entry)
 
     def _write_result(self, stage: str, entry: dict) -> None:
-        results = read_results(self._save_dir)
+        try:
+            results = read_results(self._save_dir)
+        except RunFileError as e:  # the other stages' entries are rewritten when those stages run again
+            rank_zero_warn(f"{e.args[0].split(';')[0]}: rewritten with this {stage} only")
+            results = {}
         results[stage] = entry
-        _write_durably(self._save_dir / RESULTS_FILE,
+        atomic_write_text(self._save_dir / RESULTS_FILE,
                        json.dumps(results, indent=2, default=str, allow_nan=True) + "\n")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
