@@ -25,6 +25,24 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignalAtStep(L.Callback):
+    """Send this process `signum` when step `step` starts, and again while the checkpoint it causes is being
+    written (a second signal during the save must not tear the file)."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.signum, self.sent = step, signum, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 1
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.sent == 1:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 2
+
+
 def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     result = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,

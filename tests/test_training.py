@@ -1,6 +1,9 @@
 """Issue 4: the LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
 from __future__ import annotations
 
+import json
+import random
+import signal
 import textwrap
 
 import lightning as L
@@ -10,8 +13,10 @@ import torch
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
+from lightning_modules.checkpointing import read_step
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
+from lightning_modules.run_record import read_records, read_results
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.wandb_logger import wandb_offline
 
@@ -60,48 +65,94 @@ trainer:
 """
 
 
-def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch(voc_root, tmp_path):
-    """N steps in one run == the same steps SIGKILLed twice and resumed twice: same weights, losses, W&B run."""
-    # 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps. Killed at step 14 (its
-    # checkpoint closed epoch 0: the saved loader position is spent) and at step 21 (mid-epoch 1).
-    kills, total = (14, 21), 32
-    common = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
+#: 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps
+TOTAL = 32
+COMMON = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
 
-    def config(name: str, kill: int | None = None) -> str:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
-            f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
-        return f"--config={path}"
 
-    straight = tmp_path / "straight"
-    run_cli("fit", *tiny_args(voc_root, straight, total), *common, config("plain"))
-    interrupted = tmp_path / "interrupted"
-    resume: list[str] = []
-    for kill in kills:
-        run = run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config(f"kill{kill}", kill),
-                      *resume, check=False)
-        assert run.returncode == -9, run.stderr[-2000:]
-        assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
-        resume = ["--ckpt_path=last"]
-    run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config("plain"), *resume)
+def resume_config(directory, name: str, kill: int | None = None) -> str:
+    path = directory / f"{name}.yaml"
+    path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
+        f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
+    return f"--config={path}"
 
+
+@pytest.fixture(scope="module")
+def straight(voc_root, tmp_path_factory):
+    """TOTAL steps in one uninterrupted run: the reference every interrupted-and-resumed run must equal."""
+    work = tmp_path_factory.mktemp("straight")
+    run_cli("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
+    return work / "run"
+
+
+def assert_same_training(straight, interrupted, processes: int) -> None:
+    """Bitwise the same weights and LR as the uninterrupted run, one W&B run, every step's loss logged once."""
     a = torch.load(next(straight.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     b = torch.load(next(interrupted.rglob("last.ckpt")), map_location="cpu", weights_only=False)
-    assert a["global_step"] == b["global_step"] == total
+    assert a["global_step"] == b["global_step"] == TOTAL
     assert a["epoch"] == b["epoch"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
 
     runs = read_runs(interrupted)  # one offline file per process, all of the same W&B run
-    assert len(runs) == 3 and len({run.run_id for run in runs}) == 1
+    assert len(runs) == processes and len({run.run_id for run in runs}) == 1
     losses_straight = dict(read_runs(straight)[0].metric("train/loss"))
-    assert sorted(losses_straight) == list(range(total))
+    assert sorted(losses_straight) == list(range(TOTAL))
     # wandb-core buffers offline records and a SIGKILLed process loses its unflushed tail: the resumed
     # one re-sends it from metrics.jsonl, so together they hold every step once, as logged
     logged = [row for run in runs for row in run.metric("train/loss")]
-    assert sorted(s for s, _ in logged) == list(range(total))
+    assert sorted(s for s, _ in logged) == list(range(TOTAL))
     assert all(loss == losses_straight[s] for s, loss in logged)
+    records = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r["metrics"]]
+    assert sorted(records) == list(range(TOTAL))
+
+
+def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch(voc_root, tmp_path, straight):
+    """N steps in one run == the same steps SIGKILLed twice and resumed twice: same weights, losses, W&B run."""
+    # Killed at step 14 (its checkpoint closed epoch 0: the saved loader position is spent) and at step 21
+    # (mid-epoch 1).
+    interrupted = tmp_path / "interrupted"
+    resume: list[str] = []
+    for kill in (14, 21):
+        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON,
+                      resume_config(tmp_path, f"kill{kill}", kill), *resume, check=False)
+        assert run.returncode == -9, run.stderr[-2000:]
+        assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
+        resume = ["--ckpt_path=last"]
+    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    assert_same_training(straight, interrupted, processes=3)
+
+
+def test_sigterm_and_sigint_stop_with_a_checkpoint_that_resumes_exactly(voc_root, tmp_path, straight):
+    """SIGTERM at a random step, then SIGINT at a later random one, each sent again while its checkpoint is
+    written: exit 143 / 130 with one line naming the checkpoint; resumed twice, the run equals the
+    uninterrupted one. Then `last.ckpt` is the final step after a resume that extends a finished run."""
+    rng = random.Random()
+    first = rng.randrange(1, TOTAL // 2)
+    second = rng.randrange(first + 2, TOTAL - 2)
+    print(f"SIGTERM at step {first}, SIGINT at step {second}")
+    interrupted = tmp_path / "interrupted"
+    resume: list[str] = []
+    for step, signum, status in ((first, signal.SIGTERM, 143), (second, signal.SIGINT, 130)):
+        callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": step, "signum": int(signum)}})
+        extra = ["--trainer.callbacks+=lightning_modules.requeue.Preemption", f"--trainer.callbacks+={callback}"]
+        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"),
+                      *extra, *resume, check=False)
+        assert run.returncode == status, run.stderr[-3000:]
+        saved = interrupted / f"hpc_ckpt_{step + 1}.ckpt"
+        line = f"Signal {signum.name}: saved {saved} at step {step + 1}; resume with --ckpt_path last"
+        assert line in run.stdout + run.stderr, run.stderr[-3000:]
+        assert read_step(saved) == step + 1  # complete despite the second signal during the save
+        assert read_results(interrupted)["fit"]["finished"] is False
+        resume = ["--ckpt_path=last"]
+    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    assert_same_training(straight, interrupted, processes=3)
+
+    # a finished run extended by fewer steps than the checkpoint interval: last.ckpt is rewritten in place
+    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL + 2), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    names = sorted(p.name for p in interrupted.rglob("last*.ckpt"))
+    assert names == ["last.ckpt"] and read_step(next(interrupted.rglob("last.ckpt"))) == TOTAL + 2
 
 
 def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):
