@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +23,7 @@ from datamodules.voc_datamodule import VOCDataModule
 from experiments import train
 from lightning_modules.wandb_offline import read_runs
 from helpers import ROOT, run_cli, tiny_args
-from lightning_modules.checkpointing import CheckpointError, resolve_ckpt_path
+from lightning_modules.checkpointing import CheckpointError, read_step, resolve_ckpt_path
 from lightning_modules.run_record import read_records, read_results
 
 
@@ -260,3 +263,61 @@ def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
     assert sorted(s for run in runs for s, _ in run.metric("train/loss")) == list(range(30))
     assert sorted(s for run in runs for s, _ in run.metric("val/mIoU")) == [4, 9, 14, 19, 24, 29]
     assert [s for s, _ in runs[1].metric("train/loss")] == [*range(12, 20), *range(25, 30)]
+
+
+def test_torn_run_files_and_a_second_run_in_the_folder(voc_root, tmp_path):
+    """A crash mid-write leaves a torn last line in metrics.jsonl, a damaged line in its middle and a torn
+    results.json: resuming keeps every readable record, names the lines, and rewrites both files whole. A
+    second process on a folder in use stops with one line naming the holder; a killed holder's lock is stale."""
+    run_dir = tmp_path / "run"
+    args = ["fit", *tiny_args(voc_root, run_dir, 2)]
+    run_cli(*args)
+    metrics, results = run_dir / "metrics.jsonl", run_dir / "results.json"
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 3
+    lines.insert(1, '{"step": 0, "sta')  # line 2: damaged
+    metrics.write_text("\n".join(lines) + "\n" + '{"step": 1, "stage": "fit", "metr')  # torn last line
+    results.write_text(results.read_text()[:40])
+
+    (run_dir / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": None}))
+    refused = run_cli(*args, "--trainer.max_steps=4", "--ckpt_path=last", check=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert errors == [f"error: {run_dir}: in use by pid {os.getpid()} on {socket.gethostname()} (lock "
+                      f"{run_dir / 'run.lock'}); expected a run directory no other process writes into: stop that "
+                      "run, or give this one another --trainer.logger.init_args.save_dir"]
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that held the folder and was killed: its lock is stale
+    (run_dir / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "run": None}))
+    resumed = run_cli(*args, "--trainer.max_steps=4", "--ckpt_path=last")
+    output = resumed.stdout + resumed.stderr
+    assert f"{metrics}: skipped damaged line 2" in output and f"{metrics}: cut the torn last line {len(lines) + 1}" in output
+    assert f"{results}: unreadable" in output
+    records = read_records(metrics)
+    assert [json.loads(line) for line in metrics.read_text().splitlines()] == records  # rewritten whole
+    losses = [r["step"] for r in records if "train/loss" in r["metrics"]]
+    assert losses[:2] == [0, 1] and len(losses) == 4  # the first run's records kept, two new steps after them
+    assert read_results(run_dir)["fit"]["finished"] and not (run_dir / "run.lock").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(voc_root, tmp_path):
+    """The run directory on a 120 MiB tmpfs: the step-2 checkpoints (47 MB each) fit, the step-4 one does
+    not. One line names the file and the free space; no temporary file stays; the step-2 ones load."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        run_dir = disk / "run"
+        result = run_cli("fit", *tiny_args(voc_root, run_dir, 4), "--checkpoint_every_n_train_steps=2", check=False)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(errors) == 1 and re.fullmatch(
+            rf"error: {run_dir}/\S+\.ckpt: no space left on device \(\d+\.\d MiB free\); nothing was half-written "
+            r"and the earlier files are kept: free space, then resume with --ckpt_path last", errors[0]), errors
+        assert not [p for p in run_dir.rglob("*.tmp")]
+        kept = sorted(run_dir.rglob("*.ckpt"))
+        assert kept and all(read_step(p) == 2 for p in kept)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
