@@ -99,7 +99,8 @@ def check_config(config) -> None:
     eval_stride = model.get("eval_output_stride")
     _check(eval_stride is None or eval_stride in OUTPUT_STRIDES, "--model.eval_output_stride",
            f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {eval_stride}")
-    _check(all(s > 0 for s in model.eval_scales), "--model.eval_scales", f"expected scales > 0, got {model.eval_scales}")
+    _check(len(model.eval_scales) > 0 and all(s > 0 for s in model.eval_scales), "--model.eval_scales",
+           f"expected one or more scales > 0, got {model.eval_scales}")
     _check(data.batch_size >= 1, "--data.batch_size", f"expected a batch size >= 1, got {data.batch_size}")
     _check(data.val_batch_size >= 1, "--data.val_batch_size", f"expected >= 1, got {data.val_batch_size}")
     _check(data.num_workers >= 0, "--data.num_workers", f"expected >= 0, got {data.num_workers}")

@@ -191,7 +191,7 @@ def _corrupt_image(voc_copy) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_over_split", "batch_type", "crop", "backbone",
+@pytest.mark.parametrize("case", ["lr", "eval_scales", "batch_size", "batch_over_split", "batch_type", "crop", "backbone",
                                   "unknown_option", "ckpt_interval",
                                   "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
 def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capfd):
@@ -200,6 +200,7 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
     args = ["fit", *tiny_args(root, run_dir)]
     expected = {
         "lr": (["--model.lr=-0.01"], "--model.lr: expected a learning rate > 0"),
+        "eval_scales": (["--model.eval_scales=[]"], "--model.eval_scales: expected one or more scales > 0, got []"),
         "batch_size": (["--data.batch_size=0"], "--data.batch_size: expected a batch size >= 1"),
         "batch_over_split": (["--data.batch_size=100"], "--data.batch_size: expected at most 56 per process"),
         "batch_type": (["--data.batch_size=four"], "--data.batch_size: Expected a int. Got value: four"),
