@@ -29,8 +29,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.base import SegmentationDataModule
+from experiments.network_checks import check_network, check_weights, explicit_num_classes
 from experiments.user_errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
-                                     check_config, one_line)
+                                     check_config, config_files, locate_in_config_files, one_line)
 from lightning_modules.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_modules import run_lock
 from lightning_modules.requeue import STOP_STATUS, Preemption
@@ -84,6 +85,7 @@ class TrainCLI(LightningCLI):
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.subcommand_parser = parser  # (any subcommand's) for the valid keys a mistyped one is closest to
         # The dataset is data: VOC unless `data.class_path` names another layout (FolderDataModule,
         # CityscapesDataModule), and the network's class count is the datamodule's.
         parser.set_defaults({"data": {"class_path": "datamodules.voc_datamodule.VOCDataModule"}})
@@ -94,7 +96,13 @@ class TrainCLI(LightningCLI):
                             help="Save the periodic checkpoint every H:MM:SS of training instead")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        given = sys.argv[1:] if args is None else list(args)
+        files = [BASE_CONFIG, *config_files(given)]
+        try:
+            super().parse_arguments(parser, args)
+        except ConfigError as e:  # a mistake in a config file names the file (and line, or the closest key)
+            raise locate_in_config_files(e, files, self.subcommand_parser.get_defaults().keys()) from None
+        self.explicit_num_classes = explicit_num_classes(given, files)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path != "last":  # before LightningCLI reads its hyperparameters
@@ -120,6 +128,8 @@ class TrainCLI(LightningCLI):
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
             if config.ckpt_path is None and self.subcommand != "fit":
                 raise ConfigError("--ckpt_path", f"expected a checkpoint: none in {config.trainer.default_root_dir}")
+        check_network(config, self.explicit_num_classes)
+        check_weights(config)
         if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
             self.run_lock = run_lock.acquire(config.trainer.default_root_dir)
 

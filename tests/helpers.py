@@ -62,6 +62,14 @@ def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -
             *(f"--{k}={v}" for k, v in overrides.items())]
 
 
+def fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
+    """`fit` of 2 tiny steps on a dataset layout other than VOC (its class_path given as `layout`)."""
+    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
+    # the layout's class_path goes right after the config files, before its init_args
+    after_configs = max(i for i, arg in enumerate(args) if arg == "--config") + 2
+    return ["fit", *args[:after_configs], f"--data={layout}", *args[after_configs:], *extra]
+
+
 class RecordBatchNormTypes(L.Callback):
     """Write the BatchNorm classes the trained model really uses (SyncBatchNorm under DDP) to a file."""
 

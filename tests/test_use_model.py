@@ -1,7 +1,7 @@
 """Issue 12: your own dataset (folder layout, Cityscapes), then predict, load, export and fine-tune.
 
 One tiny quickstart-style training on a generated 5-class folder dataset gives the checkpoint every
-other test uses (module-scoped fixture)."""
+other test uses (`shapes_run`, a session fixture in conftest.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,30 +13,13 @@ from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
 from lightning_modules.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from helpers import fit_args, run_cli, tiny_args
 from lightning_modules.pretrained import load_model
-
-
-def _fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
-    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
-    # the layout's class_path goes right after the config files, before its init_args
-    after_configs = max(i for i, arg in enumerate(args) if arg == "--config") + 2
-    return ["fit", *args[:after_configs], f"--data={layout}", *args[after_configs:], *extra]
 
 
 def _logged_ious(run_dir) -> set[str]:
     (run,) = read_runs(run_dir)
     return {k.removeprefix("val/iou/") for row in run.history for k in row if k.startswith("val/iou/")}
-
-
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
-    """(dataset root, run directory, last.ckpt) of 2 training steps on the generated 5-class folder dataset."""
-    tmp = tmp_path_factory.mktemp("shapes")
-    root = synthetic.generate_folder(tmp / "data", n_train=8, n_val=4)
-    run_dir = tmp / "run"
-    run_cli(*_fit_args("datamodules.folder.FolderDataModule", root, run_dir))
-    return root, run_dir, next(run_dir.rglob("last.ckpt"))
 
 
 def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
@@ -134,7 +117,7 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     assert isinstance(sample, Sample) and sample.image.name.endswith("_leftImg8bit.png")
 
     run_dir = tmp_path / "run"
-    result = run_cli(*_fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
+    result = run_cli(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
                                 f"--model.init_from={ckpt}"))
     log = result.stdout + result.stderr
     line = next(line for line in log.splitlines() if "init_from" in line)
