@@ -94,11 +94,12 @@ def read_results(run_dir: str | Path) -> dict:
 def _same_batch(after: list[dict], step: int):
     """Lightning writes a step checkpoint in `on_train_batch_end`, before it logs that batch's loss (and
     validates): those logging points (logged at `step - 1`) follow the checkpoint but are not redone by a
-    run resumed from it, so they stay in the record; everything from `step` on is logged again."""
+    run resumed from it, so they stay in the record; everything from `step` on is logged again. A callback
+    after the checkpointing one (SpeedMonitor) may log at `step` before the loss of `step - 1` is logged,
+    so the records are filtered by step, not cut at the first later one."""
     for record in after:
-        if record.get("step") is None or record["step"] >= step:
-            return
-        yield record
+        if record.get("step") is not None and record["step"] < step:
+            yield record
 
 
 class RunRecord(Logger, L.Callback):

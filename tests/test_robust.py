@@ -357,39 +357,50 @@ def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
     assert [s for s, _ in runs[1].metric("train/loss")] == [*range(12, 20), *range(25, 30)]
 
 
-def test_torn_run_files_and_a_second_run_in_the_folder(voc_root, tmp_path):
-    """A crash mid-write leaves a torn last line in metrics.jsonl, a damaged line in its middle and a torn
-    results.json: resuming keeps every readable record, names the lines, and rewrites both files whole. A
-    second process on a folder in use stops with one line naming the holder; a killed holder's lock is stale."""
+def test_ctrl_c_torn_run_files_and_a_second_run_in_the_folder(voc_root, tmp_path, capfd, recwarn):
+    """One short run stopped by SIGINT (Ctrl+C): exit 130 and one line naming its checkpoint. Then a crash's
+    leftovers: a torn last line in metrics.jsonl, a damaged line in its middle, a torn results.json. While
+    another live process holds the folder, a second run stops with one line naming it; once that process is
+    gone its lock is stale, and resuming keeps every readable record, names the bad lines and rewrites both
+    files whole."""
     run_dir = tmp_path / "run"
-    args = ["fit", *tiny_args(voc_root, run_dir, 2)]
-    run_cli(*args)
+    args = ["fit", *tiny_args(voc_root, run_dir, 4, **{"trainer.limit_val_batches": "0"})]
+    ctrl_c = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 1, "signum": int(signal.SIGINT)}})
+    stopped = run_cli(*args, f"--trainer.callbacks+={ctrl_c}", check=False)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    saved = run_dir / "hpc_ckpt_2.ckpt"
+    assert f"Signal SIGINT: saved {saved} at step 2; resume with --ckpt_path last" in stopped.stdout + stopped.stderr
+    assert read_step(saved) == 2 and read_results(run_dir)["fit"]["finished"] is False
+
     metrics, results = run_dir / "metrics.jsonl", run_dir / "results.json"
     lines = metrics.read_text().splitlines()
-    assert len(lines) >= 3
+    assert len(lines) >= 2
     lines.insert(1, '{"step": 0, "sta')  # line 2: damaged
     metrics.write_text("\n".join(lines) + "\n" + '{"step": 1, "stage": "fit", "metr')  # torn last line
     results.write_text(results.read_text()[:40])
 
-    (run_dir / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": None}))
-    refused = run_cli(*args, "--trainer.max_steps=4", "--ckpt_path=last", check=False)
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-    assert errors == [f"error: {run_dir}: in use by pid {os.getpid()} on {socket.gethostname()} (lock "
-                      f"{run_dir / 'run.lock'}); expected a run directory no other process writes into: stop that "
-                      "run, or give this one another --trainer.logger.init_args.save_dir"]
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a process that held the folder and was killed: its lock is stale
-    (run_dir / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "run": None}))
-    resumed = run_cli(*args, "--trainer.max_steps=4", "--ckpt_path=last")
-    output = resumed.stdout + resumed.stderr
+    holder = subprocess.Popen(["sleep", "60"])  # another live process holds the folder
+    try:
+        (run_dir / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "run": None}))
+        with pytest.raises(SystemExit) as refused:
+            train.main([*args, "--ckpt_path=last"])
+        errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+        assert refused.value.code == 1 and errors == [
+            f"error: {run_dir}: in use by pid {holder.pid} on {socket.gethostname()} (lock {run_dir / 'run.lock'}); "
+            "expected a run directory no other process writes into: stop that run, or give this one another "
+            "--trainer.logger.init_args.save_dir"]
+    finally:
+        holder.kill()
+        holder.wait()  # gone: its lock is stale
+    train.main([*args, "--ckpt_path=last"])
+    captured = capfd.readouterr()
+    output = captured.out + captured.err + "\n".join(str(w.message) for w in recwarn)
     assert f"{metrics}: skipped damaged line 2" in output and f"{metrics}: cut the torn last line {len(lines) + 1}" in output
     assert f"{results}: unreadable" in output
     records = read_records(metrics)
     assert [json.loads(line) for line in metrics.read_text().splitlines()] == records  # rewritten whole
     losses = [r["step"] for r in records if "train/loss" in r["metrics"]]
-    assert losses[:2] == [0, 1] and len(losses) == 4  # the first run's records kept, two new steps after them
+    assert losses == [0, 1, 2, 3]  # the first run's records kept, two new steps after them
     assert read_results(run_dir)["fit"]["finished"] and not (run_dir / "run.lock").exists()
 
 

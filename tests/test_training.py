@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import textwrap
 
 import lightning as L
@@ -60,7 +59,8 @@ RESUME_CONFIG = """
 trainer:
   callbacks:
     - class_path: lightning_modules.callbacks.StepCheckpoint
-      init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true, auto_insert_metric_name: false}}
+      init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true,
+                  enable_version_counter: false, auto_insert_metric_name: false}}
 {kill}
 """
 
@@ -108,51 +108,37 @@ def assert_same_training(straight, interrupted, processes: int) -> None:
     assert sorted(records) == list(range(TOTAL))
 
 
-def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch(voc_root, tmp_path, straight):
-    """N steps in one run == the same steps SIGKILLed twice and resumed twice: same weights, losses, W&B run."""
+def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(voc_root, tmp_path, straight):
+    """N steps in one run == the same steps SIGKILLed at an epoch end, stopped by SIGTERM at a random step (sent
+    again while its checkpoint is written), SIGKILLed mid-epoch, and resumed each time: same weights, losses and
+    W&B run, and `last.ckpt` is the final step with no `last-v1.ckpt` beside it."""
     # Killed at step 14 (its checkpoint closed epoch 0: the saved loader position is spent) and at step 21
-    # (mid-epoch 1).
+    # (mid-epoch 1); SIGTERM between them, where no periodic checkpoint falls.
+    term = random.Random().randrange(14, 20)
+    print(f"SIGTERM when step {term} starts")
     interrupted = tmp_path / "interrupted"
     resume: list[str] = []
-    for kill in (14, 21):
-        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON,
-                      resume_config(tmp_path, f"kill{kill}", kill), *resume, check=False)
+    for kill in (14, "term", 21):
+        if kill == "term":
+            callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": term}})
+            extra = [resume_config(tmp_path, "plain"), "--trainer.callbacks+=lightning_modules.requeue.Preemption",
+                     f"--trainer.callbacks+={callback}"]
+        else:
+            extra = [resume_config(tmp_path, f"kill{kill}", kill)]
+        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, *extra, *resume, check=False)
+        resume = ["--ckpt_path=last"]
+        if kill == "term":  # exit 143 as a shell reports SIGTERM, one line naming a complete checkpoint
+            assert run.returncode == 143, run.stderr[-3000:]
+            saved = interrupted / f"hpc_ckpt_{term + 1}.ckpt"
+            assert (f"Signal SIGTERM: saved {saved} at step {term + 1}; resume with --ckpt_path last"
+                    in run.stdout + run.stderr), run.stderr[-3000:]
+            assert read_step(saved) == term + 1 and read_results(interrupted)["fit"]["finished"] is False
+            continue
         assert run.returncode == -9, run.stderr[-2000:]
         assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
-        resume = ["--ckpt_path=last"]
     run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
-    assert_same_training(straight, interrupted, processes=3)
-
-
-def test_sigterm_and_sigint_stop_with_a_checkpoint_that_resumes_exactly(voc_root, tmp_path, straight):
-    """SIGTERM at a random step, then SIGINT at a later random one, each sent again while its checkpoint is
-    written: exit 143 / 130 with one line naming the checkpoint; resumed twice, the run equals the
-    uninterrupted one. Then `last.ckpt` is the final step after a resume that extends a finished run."""
-    rng = random.Random()
-    first = rng.randrange(1, TOTAL // 2)
-    second = rng.randrange(first + 2, TOTAL - 2)
-    print(f"SIGTERM at step {first}, SIGINT at step {second}")
-    interrupted = tmp_path / "interrupted"
-    resume: list[str] = []
-    for step, signum, status in ((first, signal.SIGTERM, 143), (second, signal.SIGINT, 130)):
-        callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": step, "signum": int(signum)}})
-        extra = ["--trainer.callbacks+=lightning_modules.requeue.Preemption", f"--trainer.callbacks+={callback}"]
-        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"),
-                      *extra, *resume, check=False)
-        assert run.returncode == status, run.stderr[-3000:]
-        saved = interrupted / f"hpc_ckpt_{step + 1}.ckpt"
-        line = f"Signal {signum.name}: saved {saved} at step {step + 1}; resume with --ckpt_path last"
-        assert line in run.stdout + run.stderr, run.stderr[-3000:]
-        assert read_step(saved) == step + 1  # complete despite the second signal during the save
-        assert read_results(interrupted)["fit"]["finished"] is False
-        resume = ["--ckpt_path=last"]
-    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
-    assert_same_training(straight, interrupted, processes=3)
-
-    # a finished run extended by fewer steps than the checkpoint interval: last.ckpt is rewritten in place
-    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL + 2), *COMMON, resume_config(tmp_path, "plain"), *resume)
-    names = sorted(p.name for p in interrupted.rglob("last*.ckpt"))
-    assert names == ["last.ckpt"] and read_step(next(interrupted.rglob("last.ckpt"))) == TOTAL + 2
+    assert_same_training(straight, interrupted, processes=4)
+    assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 
 
 def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):
