@@ -64,7 +64,7 @@ def check_checkpoint_fits(option: str, path: str, wanted: dict, keys: tuple[str,
 
 def check_network(config, explicit: tuple[str, str] | None) -> None:
     """Everything about the network that would otherwise fail (or silently differ) after the run started."""
-    net = config.model.net.init_args.as_dict()
+    net = (config.model.net.init_args if "init_args" in config.model.net else config.model.net).as_dict()
     classes = None
     if explicit is not None or config.get("ckpt_path"):
         classes = data_num_classes(config.data)
@@ -88,7 +88,7 @@ def check_network(config, explicit: tuple[str, str] | None) -> None:
 
 def check_weights(config) -> None:
     """Named ImageNet weights are fetched now, after the data check and before anything is created."""
-    net = config.model.net.init_args
+    net = config.model.net.init_args if "init_args" in config.model.net else config.model.net
     try:
         fetch_weights(net.backbone, net.weights)
     except ValueError as e:

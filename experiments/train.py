@@ -101,7 +101,11 @@ class TrainCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ConfigError as e:  # a mistake in a config file names the file (and line, or the closest key)
-            raise locate_in_config_files(e, files, self.subcommand_parser.get_defaults().keys()) from None
+            try:
+                valid_keys = list(self.subcommand_parser.get_defaults().keys())
+            except Exception:  # base.yaml itself is the broken file: no keys to suggest
+                valid_keys = []
+            raise locate_in_config_files(e, files, valid_keys) from None
         self.explicit_num_classes = explicit_num_classes(given, files)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")

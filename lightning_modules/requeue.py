@@ -82,6 +82,9 @@ class Preemption(L.Callback):
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)
         trainer.should_stop = True
+        # Lightning validates a run that stops early; a grace period (Kubernetes: 30 s) is no time for a
+        # whole val set, and the resumed run validates where the schedule says
+        trainer.limit_val_batches = 0
         self.stopped_by, self.checkpoint = signum, path
         action = "requeueing the job" if self.requeue_pending else "resume with --ckpt_path last"
         rank_zero_info(f"Signal {signal.Signals(signum).name}: saved {path} at step {trainer.global_step}; {action}")
