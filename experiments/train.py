@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.base import SegmentationDataModule
-from experiments.network_checks import check_network, check_weights, explicit_num_classes
+from experiments.preflight import check_network, check_training_split, check_weights, datamodule, explicit_num_classes
 from experiments.user_errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
                                      check_config, config_files, locate_in_config_files, one_line)
 from lightning_modules.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
@@ -132,7 +132,10 @@ class TrainCLI(LightningCLI):
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
             if config.ckpt_path is None and self.subcommand != "fit":
                 raise ConfigError("--ckpt_path", f"expected a checkpoint: none in {config.trainer.default_root_dir}")
-        check_network(config, self.explicit_num_classes)
+        data = datamodule(config.data)
+        if self.subcommand == "fit":
+            check_training_split(config, data)
+        check_network(config, self.explicit_num_classes, data.num_classes)
         check_weights(config)
         if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
             self.run_lock = run_lock.acquire(config.trainer.default_root_dir)

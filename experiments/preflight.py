@@ -1,6 +1,7 @@
-"""The network a run asks for, checked before a run directory or a W&B run exists: an explicit class count
-the data contradicts, a checkpoint trained as another network, ImageNet weights this machine cannot get.
-Each is one line (`ConfigError` / `CheckpointError`, printed by `experiments.train`)."""
+"""What a run asks for, checked before a run directory or a W&B run exists: the training split and the batch
+it must fill, an explicit class count the data contradicts, a checkpoint trained as another network,
+ImageNet weights this machine cannot get. Each is one line (`ConfigError`, `DatasetError`,
+`CheckpointError`, printed by `experiments.train`)."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from datamodules.voc import DatasetError
 from experiments.user_errors import ConfigError, dotted_items
 from lightning_modules.checkpointing import CheckpointError
 from lightning_modules.components.backbones import fetch_weights
@@ -36,11 +38,26 @@ def explicit_num_classes(args: Sequence[str], files: Sequence[Path]) -> tuple[st
     return None
 
 
-def data_num_classes(data) -> int:
-    """The class count of the configured dataset (its class list: a layout constant or classes.txt)."""
+def datamodule(data):
+    """The configured dataset layout, built from its config (construction reads nothing but a class list)."""
     module, name = data.class_path.rsplit(".", 1)
-    layout = getattr(importlib.import_module(module), name)
-    return layout(**data.init_args.as_dict()).num_classes
+    return getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
+
+
+def check_training_split(config, data) -> None:
+    """The training split lists existing files (DatasetError naming what is missing) and holds at least one
+    global batch. A dataset `data.generate` will write is checked once written; the per-process share of
+    the batch is checked by the loader, which knows the number of processes."""
+    hp = config.data.init_args
+    try:
+        samples = data.list_samples(data.hparams.train_split)
+    except DatasetError:
+        if hp.get("generate"):
+            return  # `prepare_data` writes the dataset, or refuses a folder that holds something else
+        raise
+    if hp.batch_size > len(samples):
+        raise ConfigError("--data.batch_size", f"expected at most {len(samples)}, the samples of "
+                                               f"{data.hparams.train_split}; got {hp.batch_size}")
 
 
 def _settings(values: dict) -> str:
@@ -62,13 +79,11 @@ def check_checkpoint_fits(option: str, path: str, wanted: dict, keys: tuple[str,
                               f"{_settings({k: b for k, (_, b) in differ.items()})}; {expected}")
 
 
-def check_network(config, explicit: tuple[str, str] | None) -> None:
-    """Everything about the network that would otherwise fail (or silently differ) after the run started."""
-    net = (config.model.net.init_args if "init_args" in config.model.net else config.model.net).as_dict()
-    classes = None
-    if explicit is not None or config.get("ckpt_path"):
-        classes = data_num_classes(config.data)
-        net["num_classes"] = classes
+def check_network(config, explicit: tuple[str, str] | None, classes: int) -> None:
+    """Everything about the network that would otherwise fail (or silently differ) after the run started;
+    `classes`: the dataset's class count, which the network's is linked to."""
+    net = {**(config.model.net.init_args if "init_args" in config.model.net else config.model.net).as_dict(),
+           "num_classes": classes}
     if explicit is not None:
         value, where = explicit
         if not re.fullmatch(r"\d+", value) or int(value) != classes:
