@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from datamodules.base import SegmentationDataModule
 from datamodules.voc import DatasetError
 from experiments.user_errors import ConfigError, dotted_items
 from lightning_modules.checkpointing import CheckpointError
@@ -38,13 +39,13 @@ def explicit_num_classes(args: Sequence[str], files: Sequence[Path]) -> tuple[st
     return None
 
 
-def datamodule(data):
+def datamodule(data) -> SegmentationDataModule:
     """The configured dataset layout, built from its config (construction reads nothing but a class list)."""
     module, name = data.class_path.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
 
 
-def check_training_split(config, data) -> None:
+def check_training_split(config, data: SegmentationDataModule) -> None:
     """The training split lists existing files (DatasetError naming what is missing) and holds at least one
     global batch. A dataset `data.generate` will write is checked once written; the per-process share of
     the batch is checked by the loader, which knows the number of processes."""
