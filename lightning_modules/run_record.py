@@ -256,10 +256,22 @@ class RunRecord(Logger, L.Callback):
         self._finish(trainer, "test")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._file is not None:
+        self._close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # a failed stage (a full disk) closes the file too: an in-process caller goes on, and a disk holding
+        # an open file cannot be unmounted
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        try:
             self.save()
             self._file.close()
-            self._file = None
+        except OSError:  # the disk is full: the lines flushed so far are the record
+            self._file.close()
+        self._file = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None}
