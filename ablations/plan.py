@@ -76,19 +76,26 @@ class Plan:
     seeds: list[int] = field(default_factory=lambda: [0])
     processes_per_row: int = 1
     gpus_per_row: int = 1
+    #: configs layered after the table's own (`--config`): e.g. Table 3 on the official ResNet-101 beta
+    extra_configs: list[str] = field(default_factory=list)
+
+    @property
+    def variant(self) -> str:
+        """The profile, plus the extra configs' names: runs of another variant never share a directory."""
+        return "+".join([self.profile, *(Path(c).stem for c in self.extra_configs)])
 
     @property
     def work(self) -> Path:
-        return self.out / self.table.name / self.profile
+        return self.out / self.table.name / self.variant
 
     @property
     def stem(self) -> Path:
-        """Where the table's results go: results/<table>[-<profile>].{md,csv,png}."""
-        return self.out / (self.table.name if self.profile == "paper" else f"{self.table.name}-{self.profile}")
+        """Where the table's results go: results/<table>[-<variant>].{md,csv,png}."""
+        return self.out / (self.table.name if self.variant == "paper" else f"{self.table.name}-{self.variant}")
 
     @property
     def configs(self) -> list[str]:
-        return [self.table.config, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
+        return [self.table.config, *self.extra_configs, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
 
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]
@@ -112,7 +119,7 @@ class Plan:
             "trainer.logger.init_args.save_dir": str(run_dir), "trainer.logger.init_args.name": name,
             "trainer.logger.init_args.group": self.table.name, "trainer.logger.init_args.job_type": job_type,
             "trainer.logger.init_args.project": self.project,
-            "trainer.logger.init_args.tags": [self.table.name, self.profile, f"seed={seed}", *tags]})
+            "trainer.logger.init_args.tags": [self.table.name, self.variant, f"seed={seed}", *tags]})
         if config:
             overrides["trainer.logger.init_args.config"] = config
         return overrides

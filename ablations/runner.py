@@ -47,6 +47,9 @@ def parser_for(table: Table) -> argparse.ArgumentParser:
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, one training each (default 0)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the config's data.root)")
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help=f"a config layered after the table's own ({table.config}); repeatable, e.g. "
+                             "experiments/configs/resnet101_beta_os16.yaml for Table 3 on the paper's ResNet-101 beta")
     parser.add_argument("--out", default="results", help="results directory")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "deeplabv3plus"))
     slurm = parser.add_argument_group("SLURM (with --launcher slurm)")
@@ -69,6 +72,8 @@ def _same_plan_args(args: argparse.Namespace) -> list[str]:
     for option, value in (("--rows", args.rows), ("--data-root", args.data_root)):
         if value:
             same += [option, value]
+    for config in args.config:
+        same += ["--config", config]
     return same
 
 
@@ -86,8 +91,11 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     cluster = Cluster(**settings)
     if cluster.gpus_per_row < 0 or cluster.processes < 1:
         parser.error("--gpus-per-row must be ≥ 0 and --processes-per-row ≥ 1")
+    for config in args.config:
+        if not Path(config).is_file():
+            parser.error(f"--config {config}: no such file")
     plan = Plan(table, args.profile, Path(args.out).resolve(), args.data_root, args.project, args.seeds, cluster.processes,
-                cluster.gpus_per_row)
+                cluster.gpus_per_row, args.config)
     if args.dry_run:
         print(plan.describe())
         return 0

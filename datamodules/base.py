@@ -70,8 +70,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
 
     # -- what a layout provides ---------------------------------------------------------------------
-    def list_samples(self, split: str) -> list[Sample]:
-        """The (image, mask) files of `split`; DatasetError naming what is missing."""
+    def list_samples(self, split: str, strict: bool = True) -> list[Sample]:
+        """The (image, mask) files of `split`; DatasetError naming what is missing (`strict=False`: listed
+        as they should be, for `--check` to report every missing file)."""
         raise NotImplementedError
 
     def decoder(self) -> Callable[[Sample], tuple[torch.Tensor, torch.Tensor]]:
@@ -116,7 +117,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader_kwargs(self) -> dict:
         hp = self.hparams
-        kwargs = dict(num_workers=hp.num_workers, pin_memory=hp.pin_memory)
+        # pinned host memory only speeds up copies to an accelerator; on a CPU run the loader warns about it
+        on_cpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cpu"
+        kwargs = dict(num_workers=hp.num_workers, pin_memory=hp.pin_memory and not on_cpu)
         if hp.num_workers > 0:
             kwargs.update(persistent_workers=hp.persistent_workers, prefetch_factor=hp.prefetch_factor)
         return kwargs

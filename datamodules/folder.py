@@ -6,7 +6,7 @@
                                (default 255) marks pixels that are not scored
     ROOT/splits/train.txt      one id per line (and val.txt; any other split name works too)
 
-`python -m datamodules.folder --check ROOT` decodes every sample of train and val and prints the counts.
+`python -m datamodules.folder --check ROOT` decodes every sample of train and val and reports every defect.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from functools import cached_property, partial
 from pathlib import Path
 
 from .base import SegmentationDataModule
-from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, check_splits, decode_sample, label_lookup, read_ids
+from .check import check_splits, missing_file
+from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, decode_sample, label_lookup, read_ids
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -43,19 +44,26 @@ def read_classes(path: Path) -> LabelSpace:
 
 
 def list_folder_split(root: str | Path, split: str, image_dir: str = "images", mask_dir: str = "masks",
-                      split_dir: str = "splits") -> list[Sample]:
-    """The samples whose ids `splits/<split>.txt` lists, in file order."""
+                      split_dir: str = "splits", strict: bool = True) -> list[Sample]:
+    """The samples whose ids `splits/<split>.txt` lists, in file order. `strict`: a DatasetError up front if
+    a listed image or mask is missing, naming the closest file that is there (`--check` lists without it
+    and reports every missing file)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} not found: expected classes.txt, {image_dir}/, {mask_dir}/, "
                            f"{split_dir}/")
     images = {p.stem: p for p in sorted((root / image_dir).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
-    samples = []
-    for i in read_ids(root / split_dir / f"{split}.txt", f"the ids of split {split!r}, one per line"):
-        if i not in images:
-            raise DatasetError(f"missing image {root / image_dir / i}.jpg (or .jpeg/.png), listed in "
-                               f"{root / split_dir / split}.txt")
-        samples.append(Sample(images[i], root / mask_dir / f"{i}.png"))
+    split_file = root / split_dir / f"{split}.txt"
+    samples = [Sample(images.get(i, root / image_dir / f"{i}.jpg"), root / mask_dir / f"{i}.png")
+               for i in read_ids(split_file, f"the ids of split {split!r}, one per line")]
+    if strict:
+        for what in ("image", "mask"):
+            missing = [getattr(s, what) for s in samples if not getattr(s, what).is_file()]
+            if missing:
+                suffixes = " (or .jpeg/.png)" if what == "image" else ""
+                raise DatasetError(f"{split_file}: lists {missing[0].stem} but there is no "
+                                   f"{missing_file(missing[0], what).removeprefix('missing ')}{suffixes} "
+                                   f"({len(missing)} of {len(samples)} listed {what}s are missing)")
     return samples
 
 
@@ -85,9 +93,9 @@ class FolderDataModule(SegmentationDataModule):
                                f"(0..{labels.num_classes - 1} are the classes of {self.root / self.hparams.classes_file})")
         return labels
 
-    def list_samples(self, split: str) -> list[Sample]:
+    def list_samples(self, split: str, strict: bool = True) -> list[Sample]:
         hp = self.hparams
-        return list_folder_split(self.root, split, hp.image_dir, hp.mask_dir, hp.split_dir)
+        return list_folder_split(self.root, split, hp.image_dir, hp.mask_dir, hp.split_dir, strict)
 
     def decoder(self):
         return partial(decode_sample, num_classes=self.num_classes, lookup=self.lookup)
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return check_splits(data.list_samples, data.decoder(), args.splits)
+    return check_splits(partial(data.list_samples, strict=False), data.decoder(), args.splits)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.io
 import torch
 from PIL import Image
-from torchvision.io import encode_jpeg
 
+from .codecs import write_jpeg, write_png
 from .reading import color_map
 
 # class index → (shape, RGB colour, texture); distinct enough to be learnt in a few hundred steps
@@ -119,11 +119,19 @@ def with_boundary(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return out
 
 
+def _chw(array: np.ndarray) -> torch.Tensor:
+    """H×W (gray) or H×W×3 uint8 → the C×H×W tensor TorchCodec's encoders take (a read-only array, e.g. a
+    view of a PIL image, is copied: torch refuses to wrap it silently)."""
+    tensor = torch.from_numpy(np.require(array, np.uint8, "W"))
+    return tensor.permute(2, 0, 1).contiguous() if array.ndim == 3 else tensor[None]
+
+
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
-    path.write_bytes(encode_jpeg(torch.from_numpy(image).permute(2, 0, 1).contiguous(), quality=90).numpy().tobytes())
+    write_jpeg(path, _chw(image), quality=90)
 
 
 def _write_palette_png(path: Path, mask: np.ndarray, palette: list[int]) -> None:
+    """PIL: TorchCodec's PngEncoder writes gray and RGB only, no palette."""
     png = Image.fromarray(mask, mode="P")
     png.putpalette(palette)
     png.save(path, optimize=False)
@@ -175,7 +183,7 @@ FOLDER_CLASSES = ("background", "round", "boxy", "pointy", "ring")
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path, optimize=False)
+    write_png(path, _chw(array))
 
 
 def generate_folder(out: str | Path, seed: int = 0, n_train: int = 12, n_val: int = 6) -> Path:

@@ -6,7 +6,7 @@ Layout under `root` (both can be symlinks to a shared copy):
     VOCdevkit/VOC2012/SegmentationClassAug/*.png   (optional: the widely shared trainaug masks, gray indices)
     benchmark_RELEASE/dataset/{img/*.jpg, cls/*.mat, train.txt, val.txt}   (SBD; `sbd_root` can point elsewhere)
 
-`python -m datamodules.voc --check ROOT` validates a whole tree and prints the split sizes.
+`python -m datamodules.voc --check ROOT` validates a whole tree, prints the split sizes and every defect.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import reading
+from . import check, reading
 from .reading import IGNORE_INDEX, DatasetError, LabelSpace, Sample, check_files, color_map, read_ids
 
 NUM_CLASSES = 21
@@ -34,8 +34,9 @@ def voc_dir(root: Path) -> Path:
     return Path(root) / "VOCdevkit" / "VOC2012"
 
 
-def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None) -> list[Sample]:
-    """The samples of `split`, sorted by id.
+def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None, strict: bool = True) -> list[Sample]:
+    """The samples of `split`, sorted by id; `strict`: a DatasetError if a listed file is missing (`--check`
+    lists without it and reports each missing file itself).
 
     trainaug = (VOC train ∪ SBD train ∪ SBD val) − VOC val, computed from the files (10,582 on the real
     data). Masks come from VOC's own annotation where it exists (finer, with 255 boundaries), else from
@@ -52,7 +53,8 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
     if split in ("val", "train"):
         ids = voc_val if split == "val" else read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
         samples = {i: Sample(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids}
-        check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
+        if strict:
+            check_files(samples, dict.fromkeys(ids, lists / f"{split}.txt"))
         return list(samples.values())
     voc_train = read_ids(lists / "train.txt", f"the VOC 2012 train list (from {VOC_URL})")
 
@@ -90,7 +92,8 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None)
         else:
             mask = sbd_data / "cls" / f"{i}.mat"
         samples[i] = Sample(image, mask)
-    check_files(samples, listed_in)
+    if strict:
+        check_files(samples, listed_in)
     return list(samples.values())
 
 
@@ -99,15 +102,10 @@ def decode_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     return reading.decode_sample(sample, NUM_CLASSES)
 
 
-def check_tree(root: str | Path, sbd_root: str | Path | None = None, splits=SPLITS) -> dict[str, int]:
-    """Decode every sample of every split; raise on the first bad file, return sample counts."""
-    counts = {}
-    for split in splits:
-        samples = list_split(root, split, sbd_root)
-        for sample in samples:
-            decode_sample(sample)
-        counts[split] = len(samples)
-    return counts
+def check_tree(root: str | Path, sbd_root: str | Path | None = None, splits=SPLITS) -> int:
+    """`--check`: every split's samples decoded once, every defect reported; exit status 1 if any."""
+    return check.check_splits(lambda split: list_split(root, split, sbd_root, strict=False), decode_sample, splits,
+                              optional=lambda e: "needs SBD" in str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,19 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", metavar="ROOT", required=True, help="dataset root holding VOCdevkit/")
     parser.add_argument("--sbd-root", default=None, help="SBD benchmark_RELEASE directory (default ROOT/benchmark_RELEASE)")
     args = parser.parse_args(argv)
-    try:
-        for split in SPLITS:
-            try:
-                print(f"{split}: {check_tree(args.check, args.sbd_root, [split])[split]} samples OK")
-            except DatasetError as e:
-                if split == "trainaug" and "needs SBD" in str(e):
-                    print(f"trainaug: not available ({e})")
-                else:
-                    raise
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return check_tree(args.check, args.sbd_root)
 
 
 if __name__ == "__main__":

@@ -45,5 +45,5 @@ class VOCDataModule(SegmentationDataModule):
             self.root.rmdir()
         os.replace(tmp, self.root)
 
-    def list_samples(self, split: str) -> list[Sample]:
-        return list_split(self.root, split, self.sbd_root)
+    def list_samples(self, split: str, strict: bool = True) -> list[Sample]:
+        return list_split(self.root, split, self.sbd_root, strict)

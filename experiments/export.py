@@ -50,8 +50,10 @@ class NormalizedSegmenter(nn.Module):
         h, w = image.shape[-2:]
         x = image.float() * self.scale + self.shift
         a = self.align
-        x = F.pad(x, (0, (a - (w - 1) % a) % a, 0, (a - (h - 1) % a) % a))
-        return self.net(x)[..., :h, :w]
+        pad = (0, (a - (w - 1) % a) % a, 0, (a - (h - 1) % a) % a)
+        # cropped by negative padding: a slice or `narrow` back to (h, w) makes torch.export guard on the
+        # padding being non-zero, which fails dynamic shapes for already aligned sizes
+        return F.pad(self.net(F.pad(x, pad)), tuple(-p for p in pad))
 
 
 def exportable(net: nn.Module, output_stride: int | None = None) -> NormalizedSegmenter:

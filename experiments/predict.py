@@ -5,8 +5,8 @@
         --output_stride 8 --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip
 
 For each image, OUTPUT/<name>.png holds the class index of every pixel at the image's own size, as a
-palette PNG in the dataset's colours (open it in any viewer; read the indices with PIL or
-`torchvision.io.decode_png`); `--overlay` adds OUTPUT/<name>_overlay.jpg. Inputs are files, folders
+palette PNG in the dataset's colours (open it in any viewer; read the indices with PIL,
+`np.array(Image.open(path))`); `--overlay` adds OUTPUT/<name>_overlay.jpg. Inputs are files, folders
 (their images, not recursive) or glob patterns. Gray, RGBA, CMYK, 16-bit and EXIF-rotated images are read
 as the RGB image a viewer shows. Evaluation is the `validate` path (`predict_probabilities`, aligned
 canvas); a large image is run as it is unless `--max_side` downscales it (the mask is still written at
@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image, read_file
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from datamodules.reading import LabelSpace
+from datamodules.reading import LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
 from experiments.user_errors import ConfigError, check_output_path
 from lightning_modules.components.protocol import EvalProtocol
@@ -55,24 +52,6 @@ def list_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
             problems.append(f"{item}: no such file, or no images in it")
         files += found
     return list(dict.fromkeys(files)), problems
-
-
-def read_rgb(path: Path) -> torch.Tensor:
-    """uint8 3×H×W as a viewer shows the file: EXIF orientation applied, gray/RGBA/CMYK → RGB, 16 → 8 bits.
-
-    torchvision decodes JPEG, PNG, WebP and GIF; PIL reads the rest (BMP, TIFF). ValueError if neither can."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
-    except RuntimeError as torchvision_error:
-        try:
-            with Image.open(path) as pil:
-                rgb = ImageOps.exif_transpose(pil).convert("RGB")
-            return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
-        except Exception:  # PIL raises several types for unreadable files
-            raise ValueError(str(torchvision_error).splitlines()[-1].split(", ")[-1]) from None
 
 
 def normalize(images: torch.Tensor, normalization: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,18 @@ CLI_KWARGS = dict(model_class=SegmentationModule, datamodule_class=SegmentationD
                   parser_class=OneLineErrorParser)
 
 
+#: Lightning warnings whose premise does not hold here (README "Warnings you may see")
+NOT_APPLICABLE_WARNINGS = (
+    # an epoch shorter than log_every_n_steps: Lightning logs by global step, so it logs across epochs
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # the module normalises uint8 batches on the device by design (SegmentationModule.on_after_batch_transfer)
+    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`",
+)
+
+
 def main(args: list[str] | None = None) -> TrainCLI:
+    for message in NOT_APPLICABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     debug = "--debug" in (sys.argv if args is None else args) or os.environ.get("DEEPLAB_DEBUG", "") not in ("", "0")
     if args is None:
         sys.argv = [a for a in sys.argv if a != "--debug"]  # LightningCLI reads sys.argv itself

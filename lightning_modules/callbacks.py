@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -12,9 +13,18 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpointing import CheckpointError, read_step
 
+if TYPE_CHECKING:
+    from datamodules.reading import LabelSpace
+
 
 class WandbPredictions(L.Callback):
-    """A few evaluation images with predicted and true masks as W&B overlays, and the confusion matrix."""
+    """A few evaluation images with predicted and true masks as W&B overlays, and the confusion matrix.
+
+    Each image is logged under its own key (`val/predictions/<i>`, the i-th image of the evaluation
+    set): full-size evaluation images differ in size, and W&B lays out a list of images as if they had
+    the first one's size (it warns "Images sizes do not match"). One key per image also lets the
+    dashboard's step slider show the same image as training goes on.
+    """
 
     def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
@@ -24,13 +34,17 @@ class WandbPredictions(L.Callback):
     def _wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
-    def _collect(self, trainer, outputs, batch) -> None:
+    def _collect(self, trainer, pl_module, outputs, batch) -> None:
         if trainer.sanity_checking or len(self._samples) >= self.num_images or self._wandb_logger(trainer) is None:
             return
         images, masks = batch
-        for image, mask, pred in zip(images, masks, outputs["preds"]):
+        # the batch is normalised on the device (`SegmentationModule.on_after_batch_transfer`): back to
+        # the uint8 picture, which is what wandb.Image expects (it casts floats to uint8 as they are)
+        pixels = (images.float() * pl_module.pixel_std + pl_module.pixel_mean).round().clamp(0, 255).byte()
+        for image, mask, pred in zip(pixels, masks, outputs["preds"]):
             if len(self._samples) < self.num_images:
-                self._samples.append((image.float().cpu(), mask.cpu(), pred.cpu()))
+                self._samples.append((image.permute(1, 2, 0).cpu().numpy(), mask.byte().cpu().numpy(),
+                                      pred.byte().cpu().numpy()))
 
     def _log(self, trainer, pl_module, stage: str) -> None:
         logger = self._wandb_logger(trainer)
@@ -39,30 +53,28 @@ class WandbPredictions(L.Callback):
         # compute() is collective across processes (and cached for the module's own epoch end)
         confmat = pl_module.metrics.compute().cpu().tolist()
         if rank_zero_only.rank == 0:
-            self._log_media(logger, confmat, stage, trainer.global_step, pl_module.labels.class_names)
+            self._log_media(logger, confmat, stage, trainer.global_step, pl_module.labels)
         self._samples = []
 
-    def _log_media(self, logger: WandbLogger, confmat: list, stage: str, step: int, class_names) -> None:
+    def _log_media(self, logger: WandbLogger, confmat: list, stage: str, step: int, labels: LabelSpace) -> None:
         import wandb
 
-        labels = dict(enumerate(class_names))
-        pictures = []
-        for image, mask, pred in self._samples:
-            rgb = (image - image.amin()) / (image.amax() - image.amin()).clamp(min=1e-6)
-            pictures.append(wandb.Image(
-                rgb.permute(1, 2, 0).numpy(),
-                masks={"prediction": {"mask_data": pred.numpy(), "class_labels": labels},
-                       "ground_truth": {"mask_data": mask.numpy(), "class_labels": labels}}))
-        table = wandb.Table(columns=["true \\ predicted", *class_names],
-                            data=[[class_names[i], *row] for i, row in enumerate(confmat)])
-        logger.experiment.log({f"{stage}/predictions": pictures, f"{stage}/confusion_matrix": table,
-                               "trainer/global_step": step})
+        predicted = dict(enumerate(labels.class_names))
+        true = {**predicted, labels.ignore_index: "not scored"}
+        media = {f"{stage}/predictions/{i}": wandb.Image(
+            image, caption=f"{stage} image {i}",
+            masks={"prediction": {"mask_data": pred, "class_labels": predicted},
+                   "ground_truth": {"mask_data": mask, "class_labels": true}})
+            for i, (image, mask, pred) in enumerate(self._samples)}
+        table = wandb.Table(columns=["true \\ predicted", *labels.class_names],
+                            data=[[labels.class_names[i], *row] for i, row in enumerate(confmat)])
+        logger.experiment.log({**media, f"{stage}/confusion_matrix": table, "trainer/global_step": step})
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._samples = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, outputs, batch)
+        self._collect(trainer, pl_module, outputs, batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module, "val")
@@ -71,7 +83,7 @@ class WandbPredictions(L.Callback):
         self._samples = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, outputs, batch)
+        self._collect(trainer, pl_module, outputs, batch)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module, "test")

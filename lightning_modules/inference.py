@@ -17,10 +17,17 @@ def predict_probabilities(net: nn.Module, images: torch.Tensor, protocol: EvalPr
     normalisation, as the official code pads with the mean pixel), every scale resizes the whole canvas
     (which stays aligned: `EvalProtocol` makes (side − 1) a multiple of 4 × output stride), logits come
     back to canvas size with `align_corners=True`, and the average is cropped to the images.
+
+    As the official `multi_scale_logits`, a scale's logits go to canvas size in two resizes: first to the
+    logit grid of scale max(1, s), `scale_dimension(canvas, max(1, s) / head_stride)`, then to the canvas.
+    At scale 0.75 of a 513 canvas and stride 4, 97 → 129 cells is not a whole-cell resize, so this changes
+    the averaged probabilities (README Fidelity). `head_stride` is the network's (4 with the decoder), or
+    the output stride for a network that does not say.
     """
     h, w = images.shape[-2:]
     canvas_h, canvas_w = protocol.canvas_size(h, w)
     canvas = F.pad(images, (0, canvas_w - w, 0, canvas_h - h))
+    head_stride = getattr(net, "head_stride", protocol.output_stride)
     total, count = None, 0
     for scale in protocol.scales:
         x = canvas
@@ -30,6 +37,9 @@ def predict_probabilities(net: nn.Module, images: torch.Tensor, protocol: EvalPr
         for flipped in (False, True) if protocol.flip else (False,):
             logits = net(x.flip(-1) if flipped else x)
             logits = logits.flip(-1) if flipped else logits
+            if scale < 1.0:  # `net` upsampled to its input (aligned): sampling it at the grid = resizing the logits
+                grid = (scale_dimension(canvas_h, 1 / head_stride), scale_dimension(canvas_w, 1 / head_stride))
+                logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=True)
             if logits.shape[-2:] != (canvas_h, canvas_w):
                 logits = F.interpolate(logits, size=(canvas_h, canvas_w), mode="bilinear", align_corners=True)
             probs = logits.float().softmax(dim=1)

@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from .components.complexity import protocol_cost
+from .components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost
 from .components import DeepLabV3Plus
 from .components.complexity import build_on_meta
 
@@ -58,13 +58,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+#: Dense peak TFLOP/s of GPUs that Lightning's table misses or lists with sparsity, by a substring of
+#: `torch.cuda.get_device_name` (lower case). NVIDIA's H100/H200 datasheet: SXM bf16/fp16 1,979 TFLOP/s
+#: *with sparsity*, i.e. 989.5 dense; tf32 494.7 dense; fp32 66.9. Lightning 2.6.6 files the H200 under
+#: "h200 sxm1" with the sparse 2.0e15, and a plain "NVIDIA H200" (what the SXM part reports) matches nothing.
+DENSE_PEAK_TFLOPS: dict[str, dict[torch.dtype, float]] = {
+    "h200": {torch.bfloat16: 989.5, torch.float16: 989.5, torch.float32: 66.9, torch.float64: 33.5},
+}
+
+
 def peak_flops(device: torch.device, precision: str | int, peak_tflops: float | None = None) -> float | None:
-    """Dense peak FLOP/s of one device: `peak_tflops` if given, else Lightning's table for the GPU and
-    precision (None for CPUs and GPUs missing from it)."""
+    """Dense peak FLOP/s of one device: `peak_tflops` if given, else `DENSE_PEAK_TFLOPS`, else Lightning's
+    table for the GPU and precision (None for CPUs and GPUs missing from both)."""
     if peak_tflops:
         return peak_tflops * 1e12
+    if device.type != "cuda":
+        return None
     dtype = PRECISION_DTYPES.get(str(precision), torch.float32)
-    return get_available_flops(device, dtype) if device.type == "cuda" else None
+    name = torch.cuda.get_device_name(device).lower()
+    for chip, table in DENSE_PEAK_TFLOPS.items():
+        if chip in name and dtype in table:
+            return table[dtype] * 1e12
+    return get_available_flops(device, dtype)
 
 
 def train_step_flops(net: DeepLabV3Plus, batch_shape: tuple[int, ...], output_stride: int) -> int:
@@ -118,6 +133,10 @@ class SpeedMonitor(L.Callback):
             if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
                 logger.experiment.summary.update(self.cost)
         self._log(trainer, self.cost)
+        if stage == "fit":  # the one-line model summary (Lightning's is off: its FLOPs column reads 0)
+            rank_zero_info(f"network: {self.cost[PARAMETERS]:.1f} M parameters, "
+                           f"{self.cost[MULTIPLY_ADDS]:.1f} B Multiply-Adds per image "
+                           f"({self.cost[MULTIPLY_ADDS_TF]:.1f} B counted the TF way) for the eval protocol")
 
     def _peak(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         return peak_flops(pl_module.device, trainer.precision, self.peak_tflops)

@@ -14,6 +14,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from datamodules import synthetic  # noqa: E402
 
+#: library warnings we cannot fix, each filtered by its own message (never a whole category or module)
+LIBRARY_WARNINGS = (
+    # torchdata 0.11's StatefulDataLoader calls torch.set_vital, which torch 2.14 deprecates
+    "ignore:'set_vital' is deprecated:UserWarning",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in LIBRARY_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
 
 @pytest.fixture(autouse=True)
 def _no_shared_wandb_service():

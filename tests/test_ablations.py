@@ -36,6 +36,18 @@ def test_dry_run_prints_every_row_with_both_multiply_adds(module, trainings, eva
         assert out.count("not reproducible here") == 8
 
 
+def test_table3_switches_to_the_papers_resnet101_beta(tmp_path, capsys):
+    """`--config resnet101_beta_os16.yaml`: the same rows on the official backbone, counted on the network that
+    trains (plain 76.05B at OS16, TF-counted within 0.3% of the paper's 81.02B), in run directories of their own."""
+    beta = "experiments/configs/resnet101_beta_os16.yaml"
+    assert main(table3_output_stride.TABLE, ["--dry-run", "--config", beta]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("train16-eval16 "))
+    paper, tf, plain = (float(v[:-1]) for v in line.split()[3:6])
+    assert plain == 76.05 and abs(tf / paper - 1) < 0.003, line
+    jobs = Plan(table3_output_stride.TABLE, "paper", tmp_path, extra_configs=[beta]).jobs()
+    assert all(beta in job.args and job.run_dir.parent.name == "paper+resnet101_beta_os16" for job in jobs)
+
+
 def test_seeds_multiply_trainings_and_tag_every_run(tmp_path):
     plan = Plan(TABLE1, "smoke", tmp_path, seeds=[0, 1, 2])
     jobs = plan.jobs()

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, conv3x3, set_dilation
+from .layers import ConvBNReLU, conv3x3, official_conv_names, set_dilation
+from .official import Official, OfficialNames, prefixed
 
 #: the paper's rates at output stride 16; they scale as 16 / output_stride
 DEFAULT_ATROUS_RATES = (6, 12, 18)
@@ -78,6 +79,21 @@ class ASPP(nn.Module):
     @property
     def rates(self) -> list[int]:
         return [branch[0].dilation[0] for branch in self.atrous]
+
+    def official_names(self) -> OfficialNames:
+        """`aspp0` (1×1), `aspp1…` (atrous), `image_pooling`, `concat_projection`. The official concat puts the
+        image-pooling feature first, ours last: its block of `concat_projection`'s input channels moves."""
+        names = prefixed("conv1x1.", official_conv_names(self.conv1x1, "aspp0"))
+        for i, branch in enumerate(self.atrous):
+            names |= prefixed(f"atrous.{i}.", official_conv_names(branch, f"aspp{i + 1}"))
+        if self.image_pooling is not None:
+            names |= prefixed("image_pooling.project.", official_conv_names(self.image_pooling.project, "image_pooling"))
+        names |= prefixed("project.", official_conv_names(self.project, "concat_projection"))
+        if self.image_pooling is not None:
+            width = self.out_channels
+            kernel = names["project.0.weight"].name
+            names["project.0.weight"] = Official(kernel, lambda w: torch.cat([w[:, width:], w[:, :width]], dim=1))
+        return names
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [self.conv1x1(x), *(branch(x) for branch in self.atrous)]

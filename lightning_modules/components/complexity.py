@@ -154,12 +154,14 @@ def _counting_net(config_key: str, layout: str) -> tuple[nn.Module, int]:
     """The network on the meta device, without BatchNorm, and its parameter count (BatchNorm included)."""
     from .deeplab import DeepLabV3Plus
 
-    net = build_on_meta(lambda: DeepLabV3Plus(**json.loads(config_key)))
+    config = json.loads(config_key)
     if layout == "resnet_beta":
-        from .backbones.resnet_beta import use_resnet_beta_layout
-        use_resnet_beta_layout(net)
+        if config.get("backbone", "resnet101") not in ("resnet50", "resnet101"):
+            raise ValueError(f"the ResNet beta layout replaces a torchvision ResNet, not {config['backbone']!r}")
+        config["backbone"] = config.get("backbone", "resnet101") + "_beta"
     elif layout != "ours":
         raise ValueError(f"layout must be 'ours' or 'resnet_beta', got {layout!r}")
+    net = build_on_meta(lambda: DeepLabV3Plus(**config))
     parameters = count_parameters(net)
     _drop_batch_norm(net)
     return net, parameters
@@ -178,8 +180,8 @@ def protocol_multiply_adds(net_config: dict, protocol: EvalProtocol, layout: str
 
     `net_config`: `DeepLabV3Plus` constructor arguments (its `.config`, or the config file's
     `model.net.init_args`); weights are never loaded. `layout="resnet_beta"` counts the same network with
-    the official ResNet beta layout in place of torchvision's (`backbones/resnet_beta.py`, a counting aid:
-    how much of a ResNet row's gap to the paper is the backbone layout). Cached per (network, layout,
+    the official ResNet beta backbone in place of torchvision's (`resnet101` → `resnet101_beta`: how much of
+    a ResNet row's gap to the paper is the backbone layout). Cached per (network, layout,
     output stride, input size): a table's rows share most of their inputs.
     """
     protocol = protocol.resolve(net_config.get("output_stride", 16))

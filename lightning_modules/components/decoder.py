@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, conv3x3
+from .layers import ConvBNReLU, conv3x3, official_conv_names
+from .official import OfficialNames, prefixed
 
 LOW_LEVEL_OPTIONS = {"conv2": ("stride4",), "conv2+conv3": ("stride8", "stride4")}
 _LAYER = re.compile(r"^(1x1|3x3):(\d+)$")
@@ -63,6 +64,21 @@ class Decoder(nn.Module):
             self.stages.append(stage)
             in_channels = stage.out_channels
         self.out_channels = in_channels
+
+    def official_names(self) -> OfficialNames:
+        """`decoder/feature_projection0`, then `decoder_conv{i}_depthwise/_pointwise` (separable) or
+        `decoder_conv0/decoder_conv0_{i+1}` (plain 3×3, TF-slim's `repeat`). The official decoder has no
+        1×1 refinement and one stage per output stride; only the paper's choice (Conv2) is mapped here."""
+        if self.taps != LOW_LEVEL_OPTIONS["conv2"]:
+            raise ValueError("the official decoder layout is mapped for decoder_low_level='conv2' only")
+        stage = self.stages[0]
+        names = prefixed("stages.0.project.", official_conv_names(stage.project, "feature_projection0"))
+        for i, layer in enumerate(stage.refine):
+            if layer[0].kernel_size == (1, 1):
+                raise ValueError("the official decoder has no 1×1 refinement convs (decoder='1x1:…')")
+            names |= prefixed(f"stages.0.refine.{i}.",
+                              official_conv_names(layer, f"decoder_conv{i}", f"decoder_conv0/decoder_conv0_{i + 1}"))
+        return prefixed("", names, "decoder/")
 
     def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor]) -> torch.Tensor:
         for tap, stage in zip(self.taps, self.stages):

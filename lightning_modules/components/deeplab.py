@@ -10,6 +10,7 @@ from torch import nn
 from .aspp import ASPP, DEFAULT_ATROUS_RATES
 from .backbones import build_backbone
 from .decoder import Decoder
+from .official import OfficialNames, conv, prefixed
 
 
 class DeepLabV3Plus(nn.Module):
@@ -31,6 +32,8 @@ class DeepLabV3Plus(nn.Module):
             "none" gives DeepLabV3 (logits from the encoder).
         decoder_projection: width of the low-level 1×1 projection (Table 1).
         decoder_low_level: "conv2" or "conv2+conv3" (Table 2).
+        official_layers: mobilenet_v2 computes as TF-slim's (BN ε 1e-3, `SAME` stride-2 padding), as the
+            official checkpoints need (`experiments.import_official` sets it; README Fidelity).
     """
 
     def __init__(
@@ -49,11 +52,13 @@ class DeepLabV3Plus(nn.Module):
         decoder_projection: int = 48,
         decoder_low_level: str = "conv2",
         decoder_separable: bool = False,
+        official_layers: bool = False,
     ) -> None:
         super().__init__()
         #: constructor arguments, so the cost counter can rebuild this network on the meta device
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.backbone = build_backbone(backbone, weights=weights, multi_grid=multi_grid)
+        self.backbone = build_backbone(backbone, weights=weights, multi_grid=multi_grid,
+                                       official_layers=official_layers)
         self.aspp = ASPP(self.backbone.channels["out"], aspp_channels, atrous_rates, output_stride,
                          separable=aspp_separable, image_pooling=image_pooling, dropout=dropout)
         self.decoder = None
@@ -72,6 +77,11 @@ class DeepLabV3Plus(nn.Module):
         return self.backbone.output_stride
 
     @property
+    def head_stride(self) -> int:
+        """Stride of the logits before upsampling: 4 with the decoder, else the output stride."""
+        return self.output_stride if self.decoder is None else 4
+
+    @property
     def normalization(self) -> str:
         """Input normalisation the backbone's ImageNet weights expect ("imagenet" or "inception")."""
         return self.backbone.normalization
@@ -81,10 +91,23 @@ class DeepLabV3Plus(nn.Module):
         self.backbone.set_output_stride(output_stride)
         self.aspp.set_output_stride(output_stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def official_names(self) -> OfficialNames:
+        """Every tensor of ours → the official TF DeepLab variable it is filled from (`experiments.import_official`);
+        each part maps its own layers, beside the layers."""
+        names = prefixed("backbone.", self.backbone.official_names())
+        names |= prefixed("aspp.", self.aspp.official_names())
+        if self.decoder is not None:
+            names |= prefixed("decoder.", self.decoder.official_names())
+        return names | conv("classifier", "logits/semantic", bias=True)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at the head's stride (4 with the decoder), before upsampling: the official graph's
+        merged logits."""
         features = self.backbone(x)
         y = self.aspp(features["out"])
         if self.decoder is not None:
             y = self.decoder(y, features)
-        logits = self.classifier(y)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return self.classifier(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.logits(x), size=x.shape[-2:], mode="bilinear", align_corners=True)

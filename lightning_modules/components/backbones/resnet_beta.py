@@ -1,16 +1,17 @@
-"""Counting aid: the official "ResNet-101 beta" layout (tensorflow/models `deeplab/core/resnet_v1_beta.py`),
-built for Multiply-Adds only — there are no PyTorch weights for it and nothing here trains it.
+"""The official "ResNet-v1 beta" (tensorflow/models `deeplab/core/resnet_v1_beta.py`): the ResNet the paper's
+Table 3 trains, whose ImageNet weights exist only as TF checkpoints (`experiments.import_official`).
 
-It differs from torchvision's ResNet (`resnet.py`, what we train) in two places:
+It differs from torchvision's ResNet (`resnet.py`) in three places:
 
-* stem: three 3×3 convs (64 stride 2, 64, 128) instead of one 7×7 (64 stride 2), then the same max pool;
-* stride placement: blocks 1–3 stride in their *last* unit (whose shortcut is a 1×1 max-pool "subsample"),
-  not in the first unit of stages 2–4; so the units before a stride run at twice the resolution, and the
-  first unit of every block has its projection shortcut at stride 1.
+* stem: three 3×3 convs (64 stride 2, 64, 128), each with BN + ReLU, instead of one 7×7, then a 3×3 max pool
+  with TF's `SAME` padding (at an even size: nothing before, one after);
+* stride placement: blocks 1–3 stride in their *last* unit, whose shortcut is a 1×1 max pool ("subsample"),
+  so the first unit of every block has its projection shortcut at stride 1;
+* decoder taps: the official low-level features are `block1/unit_2/bottleneck_v1/conv3` and
+  `block2/unit_3/.../conv3` — the third conv's BN output of the unit before the block strides, *before*
+  the residual add and ReLU.
 
-The stride-4 tap is `block1/unit_2` (before block 1 strides) and the stride-8 tap `block2/unit_3`, as in the
-official `feature_extractor.py`. `experiments.complexity --paper-tables` counts it to say how much of the
-gap between our ResNet-101 rows and the paper's Table 3 is this layout.
+Inputs are in [-1, 1] (`_preprocess_zero_mean_unit_range`), BN ε 1e-5 and decay 0.95, as the official code.
 """
 from __future__ import annotations
 
@@ -20,55 +21,95 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from ..layers import ConvBNReLU, TFSameMaxPool2d
+from ..official import OfficialNames, batch_norm, conv, conv_bn, prefixed
+from .base import is_weights_file
 from .resnet import ResNetBackbone
 
-#: (bottleneck width, stride of the block's last unit) per block, `resnet_v1_101_beta`
-_BLOCKS = ((64, 2), (128, 2), (256, 2), (512, 1))
+#: units per block; the bottleneck widths are 64, 128, 256, 512 and blocks 1–3 stride 2 in their last unit
+_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+_WIDTHS = (64, 128, 256, 512)
+_TAP_BLOCKS = {"stride4": 0, "stride8": 1}
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+class ResNetBetaBackbone(ResNetBackbone):
+    """`resnet50_beta` / `resnet101_beta`. Output stride, multi-grid and stride logic are `ResNetBackbone`'s
+    (the units are torchvision `Bottleneck`s); taps are read inside the unit before each stride.
 
+    `weights`: a path to a state dict of this backbone's `body` (ImageNet weights come from the official
+    checkpoint: `python -m experiments.import_official resnet_v1_101_2018_05_04.tar.gz`, then
+    `--model.init_from` the file it writes).
+    """
 
-class ResNetBetaLayout(ResNetBackbone):
-    """The beta layout with `ResNetBackbone`'s unit depths, output-stride logic and taps."""
+    normalization = "inception"
 
-    def __init__(self, depth: int = 101, multi_grid: Sequence[int] | None = None) -> None:
-        super().__init__(depth, weights=None, multi_grid=multi_grid)
-        b = self.body
-        stem = [*_conv_bn_relu(3, 64, 2), *_conv_bn_relu(64, 64), nn.Conv2d(64, 128, 3, 1, 1, bias=False)]
-        b.conv1 = nn.Sequential(*stem)  # then the existing bn1, ReLU and max pool
-        b.bn1 = nn.BatchNorm2d(128)
+    def __init__(self, depth: int = 101, weights: str | None = None, multi_grid: Sequence[int] | None = None) -> None:
+        nn.Module.__init__(self)
+        if depth not in _UNITS:
+            raise ValueError(f"ResNet beta depth must be 50 or 101, got {depth}")
+        self.depth = depth
+        self.units: list[tuple[nn.Module, int]] = []
+        self.output_stride = 32
+        self.body = nn.Module()
+        self.body.stem = nn.Sequential(ConvBNReLU(3, 64, 3, stride=2), ConvBNReLU(64, 64, 3), ConvBNReLU(64, 128, 3))
+        self.body.maxpool = TFSameMaxPool2d()
         channels = 128
-        for layer, (width, stride) in zip(("layer1", "layer2", "layer3", "layer4"), _BLOCKS):
-            n, units = len(getattr(b, layer)), []
+        for b, (n, width) in enumerate(zip(_UNITS[depth], _WIDTHS)):
+            units = []
             for i in range(n):
-                unit_stride = stride if i == n - 1 else 1
+                stride = 2 if i == n - 1 and b < 3 else 1
                 shortcut = None
                 if channels != 4 * width:
                     shortcut = nn.Sequential(nn.Conv2d(channels, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width))
-                elif unit_stride > 1:
-                    shortcut = nn.Sequential(nn.MaxPool2d(1, unit_stride))
-                units.append(Bottleneck(channels, width, unit_stride, shortcut))
+                elif stride > 1:
+                    shortcut = nn.Sequential(nn.MaxPool2d(1, stride))
+                units.append(Bottleneck(channels, width, stride, shortcut))
                 channels = 4 * width
-            setattr(b, layer, nn.Sequential(*units))
+            setattr(self.body, f"layer{b + 1}", nn.Sequential(*units))
+        if weights:
+            if not is_weights_file(weights):
+                raise ValueError(f"resnet{depth}_beta has no weights by name ({weights!r}): import the official "
+                                 "ImageNet checkpoint with experiments.import_official and pass the file it writes "
+                                 "as --model.init_from")
+            self.load_weights_file(weights)
+        self.channels = {"stride4": 256, "stride8": 512, "out": 2048}
         self.units = [(unit, unit.stride) for layer in self._layers() for unit in layer]
+        self.multi_grid = tuple(multi_grid) if multi_grid else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        b = self.body
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        stride4 = b.layer1[:-1](x)
-        stride8 = b.layer2[:-1](b.layer1[-1](stride4))
-        out = b.layer4(b.layer3(b.layer2[-1](stride8)))
-        return {"stride4": stride4, "stride8": stride8, "out": out}
+        x = self.body.maxpool(self.body.stem(x))
+        taps = {}
+        tap_at = {index: name for name, index in _TAP_BLOCKS.items()}
+        for b, layer in enumerate(self._layers()):
+            if b in tap_at:
+                x = layer[:-2](x)
+                x, taps[tap_at[b]] = _bottleneck_with_tap(layer[-2], x)
+                x = layer[-1](x)
+            else:
+                x = layer(x)
+        return {**taps, "out": x}
+
+    def official_names(self) -> OfficialNames:
+        """Our `body.*` keys → `resnet_v1_{depth}/...` (the beta checkpoints keep the plain ResNet scope)."""
+        names: OfficialNames = {}
+        for i in range(len(self.body.stem)):
+            names |= conv_bn(f"body.stem.{i}.0", f"body.stem.{i}.1", f"conv1_{i + 1}")
+        for b, layer in enumerate(self._layers(), start=1):
+            for u, unit in enumerate(layer, start=1):
+                scope = f"block{b}/unit_{u}/bottleneck_v1"
+                unit_names = {}
+                for j in (1, 2, 3):
+                    unit_names |= conv_bn(f"conv{j}", f"bn{j}", f"/conv{j}")
+                if unit.downsample is not None and isinstance(unit.downsample[0], nn.Conv2d):
+                    unit_names |= conv("downsample.0", "/shortcut") | batch_norm("downsample.1", "/shortcut/BatchNorm")
+                names |= prefixed(f"body.layer{b}.{u - 1}.", unit_names, scope)
+        return prefixed("", names, f"resnet_v1_{self.depth}/")
 
 
-def use_resnet_beta_layout(net: nn.Module) -> None:
-    """Replace a `DeepLabV3Plus`'s ResNet backbone by the beta layout (same depth, multi-grid and output
-    stride), on the network's device — the meta device, for counting."""
-    old = net.backbone
-    if not isinstance(old, ResNetBackbone):
-        raise ValueError(f"the ResNet beta layout replaces a ResNet backbone, not {type(old).__name__}")
-    with torch.device(next(net.parameters()).device):
-        net.backbone = ResNetBetaLayout(int(net.config["backbone"].removeprefix("resnet")), old.multi_grid)
-    net.backbone.set_output_stride(old.output_stride)
+def _bottleneck_with_tap(unit: Bottleneck, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Bottleneck.forward`, also returning conv3's BN output before the residual add (the official tap)."""
+    y = unit.relu(unit.bn1(unit.conv1(x)))
+    y = unit.relu(unit.bn2(unit.conv2(y)))
+    tap = unit.bn3(unit.conv3(y))
+    skip = x if unit.downsample is None else unit.downsample(x)
+    return unit.relu(tap + skip), tap

@@ -5,9 +5,14 @@ import timm
 import torch
 from timm.models.xception_aligned import XceptionModule
 
+from ..official import OfficialNames, conv_bn, prefixed
 from .base import Backbone, is_weights_file, set_conv_stride
 
 _ENTRY_BLOCKS = {"stride4": 1, "stride8": 2}
+#: timm's 21 `blocks` in the official scopes: entry flow 3 blocks, middle flow 16 units, exit flow 2 blocks
+_OFFICIAL_UNITS = ([f"entry_flow/block{b}/unit_1" for b in (1, 2, 3)]
+                   + [f"middle_flow/block1/unit_{u}" for u in range(1, 17)]
+                   + [f"exit_flow/block{b}/unit_1" for b in (1, 2)])
 
 
 class XceptionBackbone(Backbone):
@@ -44,6 +49,23 @@ class XceptionBackbone(Backbone):
             set_conv_stride(sep.conv_dw, sep_stride, dilation)
         if unit.shortcut is not None:
             unit.shortcut.conv.stride = (stride, stride)
+
+    def official_names(self) -> OfficialNames:
+        """Our `body.*` keys → `xception_65/...`: timm's layers are the official ones one to one (timm's
+        `tf_in1k` weights were converted from the official ImageNet checkpoint), so this is only names."""
+        names: OfficialNames = {}
+        for i in range(len(self.body.stem)):
+            names |= conv_bn(f"body.stem.{i}.conv", f"body.stem.{i}.bn", f"entry_flow/conv1_{i + 1}")
+        for index, (block, scope) in enumerate(zip(self.body.blocks, _OFFICIAL_UNITS, strict=True)):
+            unit: OfficialNames = {}
+            for j in (1, 2, 3):
+                sep = f"/xception_module/separable_conv{j}"
+                unit |= conv_bn(f"stack.conv{j}.conv_dw", f"stack.conv{j}.bn_dw", f"{sep}_depthwise", depthwise=True)
+                unit |= conv_bn(f"stack.conv{j}.conv_pw", f"stack.conv{j}.bn_pw", f"{sep}_pointwise")
+            if block.shortcut is not None:
+                unit |= conv_bn("shortcut.conv", "shortcut.bn", "/xception_module/shortcut")
+            names |= prefixed(f"body.blocks.{index}.", unit, scope)
+        return prefixed("", names, "xception_65/")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.body.stem(x)

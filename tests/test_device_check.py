@@ -1,0 +1,39 @@
+"""Issue 22: the GPU check's code path in its small mode on the CPU, within the suite's time budget: the two
+measuring parts on MobileNetV2 (Lightning vs bare loop, the per-backbone table). predict/export and SyncBN have
+tests elsewhere (test_use_model.py, test_distributed.py); SyncBN numerics need a GPU (no CPU kernel)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import ROOT
+
+
+def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
+    out = tmp_path / "check"
+    result = subprocess.run([sys.executable, "-m", "experiments.device_check", "--small", "--out", str(out),
+                             "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
+                             "--parts", "lightning,backbones"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((out / "device_check.json").read_text())
+    parts = report["parts"]
+    for name in ("lightning", "backbones"):
+        assert parts[name]["status"] == "ok", (name, parts[name])
+    for name in ("predict_export", "syncbn"):
+        assert parts[name]["status"] == "skipped: not in --parts", (name, parts[name])
+    assert parts["compile"]["status"] == "skipped: torch.compile runs in the GPU mode only"
+    train = parts["lightning"]["result"]["train"]
+    assert set(train["phases"]) == {"bare (before)", "lightning", "bare (after)", "loader"}
+    assert train["validation_s"]["bare"] > 0 and train["validation_s"]["lightning"] > 0  # stalls in the window
+    assert train["logged_images_per_s"] > 0 and train["ratio_steady"] > 0
+    assert set(parts["backbones"]["result"]) == {"mobilenet_v2"}
+    table = (out / "device_check.md").read_text()
+    assert table == result.stdout[-len(table):]
+    for header in ("| part | status | seconds |",
+                   "| loop | steady ms/step | mean img/s | peak MB | MFU | epoch boundary ms | validation s |",
+                   "| backbone | GFLOP/train image | train img/s | train peak MB | MFU | logged / wall img/s | "
+                   "eval OS16 ms/image | eval OS8 MS+flip ms/image | eval peak MB |"):
+        assert header in table, header
