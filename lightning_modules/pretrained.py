@@ -20,8 +20,9 @@ from .components import DeepLabV3Plus
 NET_PREFIX = "net."
 
 #: `net_config` settings that change no tensor of the network: a checkpoint loads whatever they are
-#: (the output stride and multi-grid rates are strides and dilations, dropout has no weights)
-NOT_STRUCTURAL = ("weights", "output_stride", "multi_grid", "dropout")
+#: (the output stride and multi-grid rates are strides and dilations, dropout has no weights, MobileNetV2's
+#: official layers are an epsilon and a padding)
+NOT_STRUCTURAL = ("weights", "output_stride", "multi_grid", "dropout", "official_layers")
 
 
 def _read(path: str | Path, map_location="cpu") -> dict:

@@ -51,6 +51,7 @@ def _user_images(directory) -> dict[str, tuple[int, int]]:
     exif[0x0112] = 6
     rotated.save(directory / "phone.jpg", exif=exif)
     (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (directory / "notes.jpg").write_text("not a picture\n")  # a text file with an image's name
     return {"photo": (200, 150), "screenshot": (130, 90), "gray": (50, 70), "logo": (80, 60), "print": (96, 64),
             "phone": (80, 40)}
 
@@ -63,7 +64,8 @@ def test_predict_writes_one_palette_png_per_image_at_its_size(shapes_run, tmp_pa
     assert predict.main(args) == 0
     captured = capsys.readouterr()
     assert f"skipped {tmp_path / 'in' / 'broken.jpg'}" in captured.err
-    assert "wrote 6 masks" in captured.out and "skipped 1 unreadable" in captured.out
+    assert f"skipped {tmp_path / 'in' / 'notes.jpg'}: cannot read the image (not an image" in captured.err
+    assert "wrote 6 masks" in captured.out and "skipped 2 unreadable" in captured.out
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(expected)
     for name, size in expected.items():
         mask = Image.open(out / f"{name}.png")

@@ -41,6 +41,9 @@ def fetch_weights(name: str, weights: str | None) -> None:
     local file: nothing to fetch. WeightsUnavailable names the cause and the local-file way."""
     if not weights or is_weights_file(weights):
         return
+    if name.endswith("_beta"):
+        raise WeightsUnavailable(f"{name} has no weights by name ({weights!r}); expected a file "
+                                 "(experiments.import_official writes one from the official TF checkpoint)")
     if name == "xception65":
         import timm
 
