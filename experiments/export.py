@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.transforms import NORMALIZATIONS
+from experiments.user_errors import check_output_path
 from lightning_modules.components.protocol import SCALE_GRANULARITY
 from lightning_modules.pretrained import load_model
 
+#: what `--output` may end in: the format is chosen by it
+SUFFIXES = (".onnx", ".pt2")
 #: smallest side the graph accepts: the backbone's stride-32 stage needs a few pixels
 MIN_SIDE = 33
 
@@ -79,7 +82,7 @@ def export(model: NormalizedSegmenter, output: str | Path, example_size: tuple[i
         elif output.suffix == ".pt2":
             torch.export.save(torch.export.export(model, example, dynamic_shapes=_dynamic_shapes()), str(output))
         else:
-            raise ValueError(f"--output {output}: expected a .onnx or .pt2 file name")
+            raise ValueError(f"--output {output}: expected a file name ending in {' or '.join(SUFFIXES)}")
     return output
 
 
@@ -91,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="output stride of the exported graph (default: the training output stride)")
     args = parser.parse_args(argv)
     try:
+        check_output_path("--output", args.output, suffixes=SUFFIXES)  # before minutes of export
         net = load_model(args.ckpt_path)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     path = export(exportable(net, args.output_stride), args.output)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from datamodules.reading import LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
+from experiments.user_errors import ConfigError, check_output_path
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.inference import labels_from, predict_probabilities
 from lightning_modules.pretrained import load_model
@@ -142,15 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    try:
+    paths, skipped = list_inputs(args.input)
+    try:  # the paths first: nothing is loaded or written for a run that cannot finish
+        check_output_path("--output", args.output, directory=True)
+        if not paths:
+            raise ConfigError("--input", f"expected image files, folders or glob patterns; {'; '.join(skipped)}")
         net = load_model(args.ckpt_path, map_location=args.device)
         protocol = EvalProtocol(args.output_stride, tuple(args.scales), args.flip,
                                 tuple(args.canvas) if args.canvas else None).resolve(net.output_stride)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     net.set_output_stride(protocol.output_stride)
-    paths, skipped = list_inputs(args.input)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(paths)

@@ -15,6 +15,7 @@ was expected>` and exits non-zero; `--debug` (or DEEPLAB_DEBUG=1) shows the full
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -26,11 +27,15 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.base import SegmentationDataModule
+from experiments.preflight import check_network, check_training_split, check_weights, datamodule, explicit_num_classes
 from experiments.user_errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
-                                     check_config, one_line)
+                                     check_config, config_files, locate_in_config_files, one_line)
 from lightning_modules.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from lightning_modules import run_lock
+from lightning_modules.requeue import STOP_STATUS, Preemption
 from lightning_modules.run_record import RunRecord
 from lightning_modules.segmentation import SegmentationModule
 
@@ -81,6 +86,7 @@ class TrainCLI(LightningCLI):
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.subcommand_parser = parser  # (any subcommand's) for the valid keys a mistyped one is closest to
         # The dataset is data: VOC unless `data.class_path` names another layout (FolderDataModule,
         # CityscapesDataModule), and the network's class count is the datamodule's.
         parser.set_defaults({"data": {"class_path": "datamodules.voc_datamodule.VOCDataModule"}})
@@ -91,7 +97,17 @@ class TrainCLI(LightningCLI):
                             help="Save the periodic checkpoint every H:MM:SS of training instead")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        given = sys.argv[1:] if args is None else list(args)
+        files = [BASE_CONFIG, *config_files(given)]
+        try:
+            super().parse_arguments(parser, args)
+        except ConfigError as e:  # a mistake in a config file names the file (and line, or the closest key)
+            try:
+                valid_keys = list(self.subcommand_parser.get_defaults().keys())
+            except Exception:  # base.yaml itself is the broken file: no keys to suggest
+                valid_keys = []
+            raise locate_in_config_files(e, files, valid_keys) from None
+        self.explicit_num_classes = explicit_num_classes(given, files)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path != "last":  # before LightningCLI reads its hyperparameters
@@ -117,6 +133,13 @@ class TrainCLI(LightningCLI):
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
             if config.ckpt_path is None and self.subcommand != "fit":
                 raise ConfigError("--ckpt_path", f"expected a checkpoint: none in {config.trainer.default_root_dir}")
+        data = datamodule(config.data)
+        if self.subcommand == "fit":
+            check_training_split(config, data)
+        check_network(config, self.explicit_num_classes, data.num_classes)
+        check_weights(config)
+        if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
+            self.run_lock = run_lock.acquire(config.trainer.default_root_dir)
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every checkpoint written atomically and durably; the run record beside the configured logger."""
@@ -158,13 +181,22 @@ def main(args: list[str] | None = None) -> TrainCLI:
         args = [a for a in args if a != "--debug"]
     subcommand_kwargs = {"default_config_files": [str(BASE_CONFIG)]}
     try:
-        return TrainCLI(**CLI_KWARGS, parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
-                        args=args)
+        cli = TrainCLI(**CLI_KWARGS, parser_kwargs={name: subcommand_kwargs for name in ("fit", "validate", "test")},
+                       args=args)
+    except SIGTERMException:  # Lightning's own handling, outside the training steps (setup, final validation)
+        print("error: stopped by SIGTERM outside the training steps; resume with --ckpt_path last", file=sys.stderr)
+        raise SystemExit(STOP_STATUS[signal.SIGTERM]) from None
     except USER_ERRORS as e:
         if debug:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None
+    if getattr(cli, "run_lock", None):
+        run_lock.release(cli.run_lock)
+    status = max((c.exit_status for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, Preemption)), default=0)
+    if status:
+        raise SystemExit(status)
+    return cli
 
 
 if __name__ == "__main__":

@@ -4,14 +4,21 @@ checkpoint errors reduced to `error: <option or file>: <what was expected>` (pri
 from __future__ import annotations
 
 import datetime
+import difflib
+import os
 import re
 import textwrap
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from datamodules.voc import DatasetError, voc_dir
-from lightning_modules.checkpointing import CheckpointError
+from lightning_modules.checkpointing import CheckpointError, DiskFullError
+from lightning_modules.run_lock import RunInUseError
+from lightning_modules.run_record import RunFileError
 from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
 
 
@@ -22,7 +29,7 @@ class ConfigError(ValueError):
         super().__init__(f"{option}: {expected}")
 
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DiskFullError, RunFileError, RunInUseError)
 
 
 def one_line(error: BaseException) -> str:
@@ -62,9 +69,39 @@ def _parser_message(message: str) -> str:
     expected = [re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", line) for line in lines if line.startswith("Expected a")]
     given = next((line for line in lines if line.startswith("Given value:")), "")
     if lines and lines[0].startswith("Does not validate") and expected:
+        accepted = _accepted_values(e.removeprefix("Expected a ") for e in expected)
+        if accepted:
+            return f"--{key}: expected one of {', '.join(accepted)}; {given.lower()}"
         what = " or ".join(e.removeprefix("Expected a ").split(".")[0] for e in expected)
         return f"--{key}: expected {what}; {given.lower()}"
     return f"--{key}: {expected[0] if expected else lines[0] if lines else 'invalid value'}"
+
+
+def _accepted_values(types: Iterable[str]) -> list[str] | None:
+    """The values a union of `typing.Literal[...]` (and None) accepts, as written in a config; None if a
+    member is another type (then the type names say more)."""
+    values: list[str] = []
+    for name in types:
+        literal = re.fullmatch(r"(?:typing\.)?Literal\[(.*)\]", name)
+        if name == "NoneType":
+            values.append("null")
+        elif literal:
+            values += [v.strip().strip("'\"") for v in literal.group(1).split(",")]
+        else:
+            return None
+    return list(dict.fromkeys(values))
+
+
+class UnknownKeyError(ConfigError):
+    """A key no option of the subcommand has; `key` is its dotted name (located in a config file later)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__("command line", message)
+        self.key, self.message = key, message
+
+
+class ConfigSyntaxError(ConfigError):
+    """A config file that is not YAML (located and explained by `locate_in_config_files`)."""
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -73,8 +110,71 @@ class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse's internal parsers retry on errors
             super().error(message, ex)
-        option, _, expected = _parser_message(message).partition(": ")
+        if message.startswith("Problems parsing config"):
+            raise ConfigSyntaxError("config file", message.splitlines()[0])
+        reduced = _parser_message(message)
+        unknown = re.search(r"does not accept option '([^']+)'", message) or re.match(
+            r"unrecognized arguments: --([\w.]+)", reduced)
+        if unknown:
+            raise UnknownKeyError(unknown.group(1), reduced)
+        option, _, expected = reduced.partition(": ")
         raise ConfigError(option, expected) if expected else ConfigError("command line", option)
+
+
+def config_files(args: Sequence[str]) -> list[Path]:
+    """The `--config` files of a command line, in the order they are read."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(Path(args[i + 1]))
+        elif arg.startswith("--config="):
+            files.append(Path(arg.split("=", 1)[1]))
+    return files
+
+
+def dotted_items(tree, prefix: str = "") -> dict[str, object]:
+    """{"a.b.c": value} for every key of a parsed YAML tree, nested or written with dots."""
+    if not isinstance(tree, dict):
+        return {}
+    items: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        items[name] = value
+        items.update(dotted_items(value, name + "."))
+    return items
+
+
+def locate_in_config_files(error: ConfigError, files: Sequence[Path], valid_keys: Iterable[str]) -> ConfigError:
+    """The same error, naming the config file it comes from: for YAML that does not parse, the file, line
+    and column; for an unknown key, the file and the closest valid key (`difflib`). Unchanged if no file
+    holds it (a command-line mistake gets the closest key too)."""
+    if isinstance(error, ConfigSyntaxError):
+        for path in files:
+            try:
+                yaml.safe_load(path.read_text())
+            except OSError:
+                continue
+            except yaml.MarkedYAMLError as e:
+                mark = e.problem_mark or e.context_mark
+                context = f" ({e.context}, line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+                return ConfigError(str(path), f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                                              f"{e.problem}{context}")
+        return error
+    if not isinstance(error, UnknownKeyError):
+        return error
+    if ".init_args." not in error.key:  # written the short way (--data.batch_size): suggest it that way
+        valid_keys = {key.replace(".init_args.", ".") for key in valid_keys}
+    closest = difflib.get_close_matches(error.key, list(valid_keys), n=1, cutoff=0.6)
+    hint = f"; did you mean {closest[0]}?" if closest else ""
+    for path in reversed(files):  # the last file that sets it is the one the parser complained about
+        try:
+            keys = dotted_items(yaml.safe_load(path.read_text()))
+        except (OSError, yaml.YAMLError):
+            continue
+        if error.key in keys:
+            return ConfigError(str(path), f"unknown key {error.key}{hint or ' (no option is close to it)'}")
+    option, _, expected = error.message.partition(": ")
+    return ConfigError(option, f"{expected}{hint.replace('mean ', 'mean --')}") if expected else error
 
 
 def _check(condition: bool, option: str, expected: str) -> None:
@@ -97,7 +197,8 @@ def check_config(config) -> None:
     eval_stride = model.get("eval_output_stride")
     _check(eval_stride is None or eval_stride in OUTPUT_STRIDES, "--model.eval_output_stride",
            f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {eval_stride}")
-    _check(all(s > 0 for s in model.eval_scales), "--model.eval_scales", f"expected scales > 0, got {model.eval_scales}")
+    _check(len(model.eval_scales) > 0 and all(s > 0 for s in model.eval_scales), "--model.eval_scales",
+           f"expected one or more scales > 0, got {model.eval_scales}")
     _check(data.batch_size >= 1, "--data.batch_size", f"expected a batch size >= 1, got {data.batch_size}")
     _check(data.val_batch_size >= 1, "--data.val_batch_size", f"expected >= 1, got {data.val_batch_size}")
     _check(data.num_workers >= 0, "--data.num_workers", f"expected >= 0, got {data.num_workers}")
@@ -132,3 +233,22 @@ def apply_checkpoint_interval(config) -> None:
         for target in targets:
             target.init_args.every_n_train_steps = 0
             target.init_args.train_time_interval = datetime.timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def check_output_path(option: str, path: str | Path, directory: bool = False, suffixes: Sequence[str] = ()) -> None:
+    """An output (`directory`, or a file with one of `suffixes`) that this process can create or overwrite,
+    checked before any work: the nearest existing folder on its way must be a writable directory."""
+    path = Path(path)
+    where = f"{option} {path}"
+    if suffixes and path.suffix not in suffixes:
+        raise ConfigError(where, f"expected a file name ending in {' or '.join(suffixes)}")
+    if path.exists() and path.is_dir() != directory:
+        raise ConfigError(where, "is a file; expected a directory (created if missing)" if directory else
+                          "is a directory; expected a file name")
+    folder = path if directory else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(where, f"{folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(where, f"{folder} is not writable by this user; expected a folder it can write to")

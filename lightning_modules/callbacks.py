@@ -95,10 +95,11 @@ class StepCheckpoint(ModelCheckpoint):
     Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with
     `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
     or resumed ablation rows would silently use stale weights. A run stopped before `max_steps` (SLURM
-    requeue) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
+    requeue, SIGTERM) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
     exactly, and the requeue callback has already saved one at the step boundary. Whether `last.ckpt`
     already holds the final step is read from the file (`read_step`), not from ModelCheckpoint's private
-    bookkeeping, which changes between Lightning releases.
+    bookkeeping, which changes between Lightning releases. With `enable_version_counter: false` (base.yaml)
+    a resumed run overwrites `last.ckpt` instead of writing `last-v1.ckpt` beside it.
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -115,8 +116,8 @@ class StepCheckpoint(ModelCheckpoint):
             except CheckpointError:  # none yet
                 stale = True
         if trainer.strategy.broadcast(stale):
+            self.last_model_path = path  # before the save: it is part of the state a resumed run restores
             trainer.save_checkpoint(path, self.save_weights_only)
-            self.last_model_path = path
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -1,7 +1,9 @@
 """Checkpoints that survive a kill: durable atomic writes, and which checkpoint a resumed run starts from."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,28 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+class DiskFullError(OSError):
+    """A run file or checkpoint that did not fit on its disk: one line naming it and the space left."""
+
+
+def _no_space(error: BaseException | None) -> bool:
+    """torch.save reports a full disk as a RuntimeError whose cause (or context) is the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def raise_if_disk_full(error: BaseException, path: Path) -> None:
+    """DiskFullError naming `path` and the free space if `error` is a full disk; otherwise nothing."""
+    if _no_space(error):
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise DiskFullError(f"{path}: no space left on device ({free:.1f} MiB free); nothing was "
+                            "half-written and the earlier files are kept: free space, then resume with "
+                            "--ckpt_path last") from None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -54,8 +78,27 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        raise_if_disk_full(e, path)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """A run file (`results.json`, `metrics.jsonl` rewound, the W&B run id) the way `atomic_torch_save`
+    writes a checkpoint: the old file or the complete new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(e, path)
         raise
     _fsync_dir(path.parent)
 

@@ -19,6 +19,11 @@ from .components import DeepLabV3Plus
 
 NET_PREFIX = "net."
 
+#: `net_config` settings that change no tensor of the network: a checkpoint loads whatever they are
+#: (the output stride and multi-grid rates are strides and dilations, dropout has no weights, MobileNetV2's
+#: official layers are an epsilon and a padding)
+NOT_STRUCTURAL = ("weights", "output_stride", "multi_grid", "dropout", "official_layers")
+
 
 def _read(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
@@ -37,6 +42,23 @@ def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     if any(k.startswith(NET_PREFIX) for k in state):
         return {k[len(NET_PREFIX):]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def read_net_config(path: str | Path) -> dict | None:
+    """The `net_config` a checkpoint written by experiments.train carries (None for a plain state dict).
+    Memory-mapped: the tensors are not read."""
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return checkpoint.get("net_config") if isinstance(checkpoint, dict) else None
+
+
+def mismatched_settings(saved: dict, wanted: dict, keys: tuple[str, ...] | None = None) -> dict[str, tuple]:
+    """{setting: (saved value, wanted value)} for each structural setting (or each of `keys`) in which a
+    checkpoint's `net_config` and the wanted network differ; a setting one side lacks is not compared."""
+    def same(a, b) -> bool:
+        return (list(a) == list(b)) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+    names = keys or [k for k in saved if k not in NOT_STRUCTURAL]
+    return {k: (saved[k], wanted[k]) for k in names if k in saved and k in wanted and not same(saved[k], wanted[k])}
 
 
 def load_network_weights(net: nn.Module, path: str | Path) -> list[str]:
@@ -67,7 +89,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> De
     if "net_config" not in checkpoint:
         raise ValueError(f"{path}: no 'net_config' in the checkpoint; expected one written by experiments.train")
     net = DeepLabV3Plus(**{**checkpoint["net_config"], "weights": None})
-    net.load_state_dict(network_state(checkpoint))
+    state, own = network_state(checkpoint), net.state_dict()
+    unfit = sorted(k for k in own.keys() | state.keys() if k not in own or k not in state or own[k].shape != state[k].shape)
+    if unfit:
+        raise ValueError(f"{path}: its weights do not fit its net_config ({checkpoint['net_config']}): {len(unfit)} "
+                         f"tensors missing, unexpected or of another shape (e.g. {', '.join(unfit[:3])}); "
+                         "expected a checkpoint as experiments.train writes it")
+    net.load_state_dict(state)
     labels = LabelSpace(**checkpoint["labels"])
     net.labels, net.class_names, net.palette = labels, labels.class_names, labels.palette
     return net.to(map_location).eval()

@@ -1,9 +1,12 @@
-"""SLURM preemption and time limits: checkpoint at a step boundary, requeue, resume exactly."""
+"""Preemption: SIGTERM, SIGINT and SLURM's SIGUSR1 stop a fit at a step boundary with a checkpoint that
+resumes exactly; on SLURM the job requeues itself."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -11,57 +14,111 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+#: the exit status of a run stopped by a signal, as a shell reports a process killed by it
+STOP_STATUS = {int(signal.SIGTERM): 143, int(signal.SIGINT): 130}
 
-class SlurmRequeue(L.Callback):
-    """On SIGUSR1 (`#SBATCH --signal=USR1@<s>` before the time limit, or a preemption notice), finish the
-    running step, save `hpc_ckpt_<step>.ckpt` in the run directory and stop; once training has shut
-    down, close the W&B run (so its log is complete) and `scontrol requeue` the job. The requeued job
-    runs the same command with `--ckpt_path last` and continues from that checkpoint.
 
-    Lightning's own auto-requeue saves from inside the signal handler, i.e. wherever the handler
-    interrupts the step (even mid optimizer update), so its checkpoint does not resume exactly; the
-    SLURM config turns it off (`SLURMEnvironment(auto_requeue=False)`) in favour of this callback.
-    Outside SLURM this callback does nothing.
+class Preemption(L.Callback):
+    """A signal during `fit` finishes the running step, saves `hpc_ckpt_<step>.ckpt` in the run directory,
+    prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`.
+
+    - SIGTERM (Kubernetes, spot VMs, most batch systems, `scancel`) and SIGINT (Ctrl+C): the process exits
+      with 143 or 130 (`STOP_STATUS`, set by `experiments.train`), so `fit ... && validate ...` and job
+      runners do not take the stopped run for a finished one.
+    - SIGUSR1 under SLURM (`#SBATCH --signal=USR1@<s>` before the time limit, or a preemption notice): once
+      training has shut down, the W&B run is closed (so its log is complete) and the job is requeued with
+      `scontrol requeue`; the requeued job runs the same command with `--ckpt_path last`.
+
+    The callback owns these signals while training runs. Lightning's SIGTERM handling would stop in the
+    middle of a validation and exit with status 0 (its `SIGTERMException` is a `SystemExit` without a
+    code), its SIGINT raises `KeyboardInterrupt` wherever the step is, and its SLURM auto-requeue saves
+    from inside the handler, even mid optimizer update (the SLURM config turns it off). Here a handler only
+    records the signal: a second one while the checkpoint is written changes nothing, and the file is
+    written atomically (`checkpointing.AtomicCheckpointIO`). A signal that comes before training starts or
+    after it ends gets Lightning's handling.
     """
 
-    def __init__(self, signum: int = int(signal.SIGUSR1)) -> None:
-        self.signum = signum
-        self.requested = False
-        self.requeue_pending = False
+    def __init__(self, requeue_signal: int = int(signal.SIGUSR1),
+                 stop_signals: Sequence[int] = (int(signal.SIGTERM), int(signal.SIGINT))) -> None:
+        self.requeue_signal = requeue_signal
+        self.stop_signals = tuple(stop_signals)
+        self.received: int | None = None  # the first signal of this fit
+        self.stopped_by: int | None = None  # the signal the fit stopped for, after its checkpoint
+        self.checkpoint: Path | None = None
+        self._previous: dict[int, object] = {}
+        self._launcher = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = self.stopped_by = self.checkpoint = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python takes signals in the main thread only
+        self._launcher = trainer.strategy.launcher
+        signums = list(self.stop_signals)
         if SLURMEnvironment.detect():
-            signal.signal(self.signum, self._on_signal)
+            signums.append(self.requeue_signal)
             rank_zero_info(f"SLURM job {os.environ.get('SLURM_JOB_ID')} (restart "
-                           f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): requeue on signal {self.signum}")
+                           f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): requeue on signal {self.requeue_signal}")
+        for signum in signums:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True
+        if self.received is None:
+            self.received = signum
+            if self._launcher is not None:  # processes this one started (DDP) stop at the same step
+                self._launcher.kill(signum)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.world_size == 1:
-            if not self.requested:
+            if self.received is None:
                 return
         # any rank that got the signal decides for all, so every rank stops after the same step; the
-        # all-reduce is a host sync, so ranks agree every `log_every_n_steps` steps (the signal comes minutes early)
+        # all-reduce is a host sync, so ranks agree every `log_every_n_steps` steps
         elif trainer.global_step % trainer.log_every_n_steps or not trainer.strategy.reduce_boolean_decision(
-                self.requested, all=False):
+                self.received is not None, all=False):
             return
+        signum = self.received if self.received is not None else self.stop_signals[0]  # another rank's
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return  # the last step: training ends here anyway, with its final checkpoint
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)
-        rank_zero_info(f"Signal {self.signum}: saved {path} at step {trainer.global_step}")
         trainer.should_stop = True
-        self.requested, self.requeue_pending = False, True
+        # Lightning validates a run that stops early; a grace period (Kubernetes: 30 s) is no time for a
+        # whole val set, and the resumed run validates where the schedule says
+        trainer.limit_val_batches = 0
+        self.stopped_by, self.checkpoint = signum, path
+        action = "requeueing the job" if self.requeue_pending else "resume with --ckpt_path last"
+        rank_zero_info(f"Signal {signal.Signals(signum).name}: saved {path} at step {trainer.global_step}; {action}")
+
+    @property
+    def requeue_pending(self) -> bool:
+        return self.stopped_by == self.requeue_signal
+
+    @property
+    def exit_status(self) -> int:
+        """0 unless a stop signal ended the fit early (a requeued SLURM job is ended by SLURM itself)."""
+        return STOP_STATUS.get(self.stopped_by, 0) if self.stopped_by is not None else 0
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if self.received is not None and self.stopped_by is None:
+            rank_zero_info(f"Signal {signal.Signals(self.received).name} came with the last step: the run is complete")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.requeue_pending or not trainer.is_global_zero:
+        self._restore_handlers()
+        if self.stopped_by is None or not trainer.is_global_zero:
             return
         if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
             import wandb
 
             if wandb.run is not None:  # the logger's run, if it started one (public: no logger internals)
-                wandb.run.finish()  # the requeue kills this job: flush the run's log first
-        requeue()
+                wandb.run.finish(exit_code=self.exit_status)  # flush the run's log before the process ends
+        if self.requeue_pending:
+            requeue()
 
 
 def requeue() -> None:

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from .checkpointing import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 
@@ -35,43 +37,69 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The complete lines of a metrics file (a line torn by a kill mid-write is dropped)."""
+class RunFileError(ValueError):
+    """A run file that cannot be read back; the message names it and what to do."""
+
+
+def scan_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(every readable record of a metrics file, one problem per line that is not one).
+
+    A last line torn by a crash mid-write is cut; a damaged line elsewhere is skipped by number and every
+    line after it is kept (one bad line must not hide the rest of the run)."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
+        return [], []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    records, problems = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+                raise ValueError("not a record")
+            records.append(record)
+        except ValueError:
+            torn = number == len(lines)  # no newline after it: the write was cut short
+            problems.append(f"{path}: cut the torn last line {number}" if torn else
+                            f"{path}: skipped damaged line {number}")
+    return records, problems
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a metrics file, warning once per torn or damaged line (see `scan_records`)."""
+    records, problems = scan_records(path)
+    for problem in problems:
+        rank_zero_warn(problem)
     return records
 
 
 def read_results(run_dir: str | Path) -> dict:
-    """`results.json` of a run directory ({} if the run has not finished a stage yet)."""
+    """`results.json` of a run directory ({} if the run has not finished a stage yet); RunFileError naming
+    the file if it is not JSON (a copy cut short, an editor)."""
     path = Path(run_dir) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(errors="replace"))
+    except ValueError as e:
+        raise RunFileError(f"{path}: unreadable ({e}); delete it and rerun the stage (fit --ckpt_path last, "
+                           "validate, test) to write it again") from None
+    if not isinstance(results, dict):
+        raise RunFileError(f"{path}: expected a JSON object of stages, got {type(results).__name__}")
+    return results
 
 
 def _same_batch(after: list[dict], step: int):
     """Lightning writes a step checkpoint in `on_train_batch_end`, before it logs that batch's loss (and
     validates): those logging points (logged at `step - 1`) follow the checkpoint but are not redone by a
-    run resumed from it, so they stay in the record; everything from `step` on is logged again."""
+    run resumed from it, so they stay in the record; everything from `step` on is logged again. A callback
+    after the checkpointing one (SpeedMonitor) may log at `step` before the loss of `step - 1` is logged,
+    so the records are filtered by step, not cut at the first later one."""
     for record in after:
-        if record.get("step") is None or record["step"] >= step:
-            return
-        yield record
+        if record.get("step") is not None and record["step"] < step:
+            yield record
 
 
 class RunRecord(Logger, L.Callback):
@@ -144,8 +172,9 @@ class RunRecord(Logger, L.Callback):
         self._save_dir.mkdir(parents=True, exist_ok=True)
         if self._file is not None:
             self._file.close()
-        if len(keep) != len(read_records(self.metrics_path)) or not self.metrics_path.exists():
-            _write_durably(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+        records, problems = scan_records(self.metrics_path)
+        if problems or len(keep) != len(records) or not self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
         self._file = open(self.metrics_path, "a")
         self.count = len(keep)
 
@@ -207,9 +236,13 @@ class RunRecord(Logger, L.Callback):
         self._write_result(stage, entry)
 
     def _write_result(self, stage: str, entry: dict) -> None:
-        results = read_results(self._save_dir)
+        try:
+            results = read_results(self._save_dir)
+        except RunFileError as e:  # the other stages' entries are rewritten when those stages run again
+            rank_zero_warn(f"{e.args[0].split(';')[0]}: rewritten with this {stage} only")
+            results = {}
         results[stage] = entry
-        _write_durably(self._save_dir / RESULTS_FILE,
+        atomic_write_text(self._save_dir / RESULTS_FILE,
                        json.dumps(results, indent=2, default=str, allow_nan=True) + "\n")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -223,10 +256,22 @@ class RunRecord(Logger, L.Callback):
         self._finish(trainer, "test")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._file is not None:
+        self._close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # a failed stage (a full disk) closes the file too: an in-process caller goes on, and a disk holding
+        # an open file cannot be unmounted
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        try:
             self.save()
             self._file.close()
-            self._file = None
+        except OSError:  # the disk is full: the lines flushed so far are the record
+            self._file.close()
+        self._file = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None}

@@ -11,6 +11,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from .checkpointing import atomic_write_text
 from .run_record import scalars
 
 RUN_ID_FILE = "wandb_run_id"
@@ -40,12 +41,13 @@ def wandb_offline() -> bool:
 def run_id(save_dir: str | Path) -> str:
     """The W&B run id kept in the run directory: a resumed or requeued job continues the same run."""
     path = Path(save_dir) / RUN_ID_FILE
-    if path.exists():
-        return path.read_text().strip()
+    kept = path.read_text().strip() if path.exists() else ""
+    if kept.isalnum():  # an empty or damaged file (a crash before it was atomic) gets a new id
+        return kept
     new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if rank_zero_only.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_id + "\n")
+        atomic_write_text(path, new_id + "\n")
     return new_id
 
 
@@ -65,7 +67,7 @@ def held_points(rows) -> Counter:
 
 def offline_history(save_dir: str | Path, run_id: str, exclude: str | Path | None = None) -> list[dict]:
     """The history rows earlier processes of run `run_id` wrote to their offline `.wandb` files."""
-    from experiments.wandb_offline import read_run  # the one reader of wandb's offline file format
+    from .wandb_offline import read_run  # the one reader of wandb's offline file format
 
     rows = []
     for path in sorted(Path(save_dir).glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):

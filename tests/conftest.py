@@ -48,3 +48,16 @@ def voc_copy(voc_root, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(voc_root, tmp_path / "voc"))
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory):
+    """(dataset root, run directory, last.ckpt) of 2 training steps (MobileNetV2, decoder) on the generated
+    5-class folder dataset: the trained checkpoint that prediction, export and checkpoint checks use."""
+    from helpers import fit_args, run_cli
+
+    tmp = tmp_path_factory.mktemp("shapes")
+    root = synthetic.generate_folder(tmp / "data", n_train=8, n_val=4)
+    run_dir = tmp / "run"
+    run_cli(*fit_args("datamodules.folder.FolderDataModule", root, run_dir))
+    return root, run_dir, next(run_dir.rglob("last.ckpt"))

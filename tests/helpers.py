@@ -25,6 +25,24 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignalAtStep(L.Callback):
+    """Send this process `signum` when step `step` starts, and again while the checkpoint it causes is being
+    written (a second signal during the save must not tear the file)."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.signum, self.sent = step, signum, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 1
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.sent == 1:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 2
+
+
 def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     result = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
@@ -42,6 +60,14 @@ def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -
     }
     return ["--config", "experiments/configs/quickstart.yaml", "--config", "experiments/configs/smoke.yaml",
             *(f"--{k}={v}" for k, v in overrides.items())]
+
+
+def fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
+    """`fit` of 2 tiny steps on a dataset layout other than VOC (its class_path given as `layout`)."""
+    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
+    # the layout's class_path goes right after the config files, before its init_args
+    after_configs = max(i for i, arg in enumerate(args) if arg == "--config") + 2
+    return ["fit", *args[:after_configs], f"--data={layout}", *args[after_configs:], *extra]
 
 
 class RecordBatchNormTypes(L.Callback):

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from experiments.wandb_offline import read_runs
+from lightning_modules.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
 
 

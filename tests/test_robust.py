@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,10 +20,10 @@ import torch
 from datamodules import synthetic, voc_datamodule
 from datamodules.voc import DatasetError, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
-from experiments import train
-from experiments.wandb_offline import read_runs
-from helpers import ROOT, run_cli, tiny_args
-from lightning_modules.checkpointing import CheckpointError, resolve_ckpt_path
+from experiments import export, predict, train
+from lightning_modules.wandb_offline import read_runs
+from helpers import ROOT, fit_args, run_cli, tiny_args
+from lightning_modules.checkpointing import CheckpointError, read_step, resolve_ckpt_path
 from lightning_modules.run_record import read_records, read_results
 
 
@@ -188,25 +191,93 @@ def _corrupt_image(voc_copy) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["lr", "batch_size", "batch_over_split", "batch_type", "crop", "backbone",
-                                  "unknown_option", "ckpt_interval",
-                                  "truncated_ckpt", "missing_ckpt", "occupied_root", "empty_split", "worker_error"])
-def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, tmp_path, capfd):
+def _unwritable_dir(tmp_path) -> Path:
+    """A directory this process cannot write to: read-only by mode, or (root ignores modes) a read-only mount."""
+    path = tmp_path / "readonly"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("a read-only directory for root needs a read-only mount")
+    return path
+
+
+def _with_other_net_config(ckpt: Path, tmp_path) -> Path:
+    """The parts of the checkpoint `load_model` reads, its recorded network changed (decoder off) and its
+    weights left as they are."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    path = tmp_path / "edited.ckpt"
+    torch.save({"net_config": {**checkpoint["net_config"], "decoder": "none"}, "labels": checkpoint["labels"],
+                "state_dict": checkpoint["state_dict"]}, path)
+    return path
+
+
+CONFIG_KEY_TYPO, BAD_YAML = "trainer:\n  max_step: 3\n", "trainer:\n  max_steps: 3\n  callbacks: [a, b\nmodel:\n  lr: 0.1\n"
+
+
+@pytest.mark.parametrize("case", [
+    "lr", "eval_scales", "batch_size", "batch_over_split", "batch_type", "crop", "backbone", "precision", "unknown_option",
+    "config_key", "config_yaml", "num_classes", "ckpt_interval", "truncated_ckpt", "missing_ckpt", "ckpt_classes",
+    "ckpt_backbone", "ckpt_decoder", "init_from_backbone", "weights_tag", "weights_offline", "occupied_root",
+    "empty_split", "worker_error", "predict_output_file", "predict_unfit_ckpt", "export_suffix", "export_unwritable"])
+def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, voc_copy, shapes_run, tmp_path, capfd,
+                                                             monkeypatch):
+    """Every mistake exits before training with one line naming the option or file and what was expected;
+    an option, config, checkpoint or output path is refused before anything is created."""
     run_dir = tmp_path / "run"
     root = voc_copy if case in ("empty_split", "worker_error") else voc_root
     args = ["fit", *tiny_args(root, run_dir)]
+    cli, created = train.main, run_dir
+    shapes_root, _, ckpt = shapes_run
+    config = tmp_path / "mine.yaml"
     expected = {
         "lr": (["--model.lr=-0.01"], "--model.lr: expected a learning rate > 0"),
+        "eval_scales": (["--model.eval_scales=[]"], "--model.eval_scales: expected one or more scales > 0, got []"),
         "batch_size": (["--data.batch_size=0"], "--data.batch_size: expected a batch size >= 1"),
-        "batch_over_split": (["--data.batch_size=100"], "--data.batch_size: expected at most 56 per process"),
+        "batch_over_split": (["--data.batch_size=100"], "--data.batch_size: expected at most 56, the samples of trainaug; got 100"),
         "batch_type": (["--data.batch_size=four"], "--data.batch_size: Expected a int. Got value: four"),
         "crop": (["--data.crop_size=8"], "--data.crop_size: expected a crop of at least the output stride (16 px)"),
         "backbone": (["--model.net.init_args.backbone=resnet18"], "--model.net.init_args.backbone: expected one of"),
-        "unknown_option": (["--data.batch_sze=4"], "unrecognized arguments: --data.batch_sze=4"),
+        "precision": (["--trainer.precision=17"], "--trainer.precision: expected one of 64, 32, 16, transformer-engine, "
+                      "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16, "
+                      "null; given value: 17"),
+        "unknown_option": (["--data.batch_sze=4"], "unrecognized arguments: --data.batch_sze=4; did you mean "
+                           "--data.batch_size?"),
+        "config_key": ([f"--config={config}"], f"{config}: unknown key trainer.max_step; did you mean trainer.max_steps?"),
+        "config_yaml": ([f"--config={config}"], f"{config}: not valid YAML at line 4, column 6: expected ',' or ']', "
+                        "but got ':' (while parsing a flow sequence, line 3)"),
+        "num_classes": (["--model.net.init_args.num_classes=5"], "--model.net.init_args.num_classes: num_classes 5 was "
+                        f"given but the dataset (datamodules.voc_datamodule.VOCDataModule, {voc_root}) has 21 classes"),
         "ckpt_interval": (["--checkpoint_train_time_interval=30min"], "--checkpoint_train_time_interval: expected H:MM:SS"),
+        "ckpt_classes": ([f"--ckpt_path={ckpt}"], f"{ckpt} (--ckpt_path): another network than the config's: "
+                         "checkpoint num_classes=5; config num_classes=21; expected the config the checkpoint was "
+                         "trained with"),
+        "ckpt_backbone": (["--model.net.init_args.backbone=resnet50", f"--ckpt_path={ckpt}"],
+                          f"{ckpt} (--ckpt_path): another network than the config's: checkpoint backbone=mobilenet_v2 "
+                          "num_classes=5; config backbone=resnet50 num_classes=21"),
+        "init_from_backbone": (["--model.net.init_args.backbone=resnet50", f"--model.init_from={ckpt}"],
+                               f"{ckpt} (--model.init_from): another network than the config's: checkpoint "
+                               "backbone=mobilenet_v2; config backbone=resnet50; expected a checkpoint of the same backbone"),
+        "weights_tag": (["--model.net.init_args.backbone=xception65", "--model.net.init_args.weights=tf_in22k"],
+                        "--model.net.init_args.weights: unknown xception65 weights 'tf_in22k': expected one of "),
+        "weights_offline": (["--model.net.init_args.weights=IMAGENET1K_V2"],
+                            "--model.net.init_args.weights: cannot download mobilenet_v2 weights 'IMAGENET1K_V2' ("),
     }
     if case in expected:
         extra, message = expected[case]
+        config.write_text(CONFIG_KEY_TYPO if case == "config_key" else BAD_YAML)
+        if case == "weights_offline":  # a machine without internet and with an empty weights cache
+            monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+            monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+            message += ('); on a machine with internet save them with torch.save(torchvision.models.mobilenet_v2('
+                        'weights="IMAGENET1K_V2").state_dict(), "mobilenet_v2.pth") and give that file instead')
+            message = message.split(" (", 1)[0]
+        if case.startswith("ckpt_") and case != "ckpt_interval":
+            args[0] = "validate" if case == "ckpt_backbone" else "fit"
+    elif case == "ckpt_decoder":  # the checkpoint's own dataset, another decoder
+        args = fit_args("datamodules.folder.FolderDataModule", shapes_root, run_dir)
+        extra = ["--model.net.init_args.decoder=none", f"--ckpt_path={ckpt}"]
+        message = f"{ckpt} (--ckpt_path): another network than the config's: checkpoint decoder=3x3:256,3x3:256; config decoder=none"
     elif case == "truncated_ckpt":
         path = _bad_checkpoint(tmp_path)
         args[0], extra, message = "validate", [f"--ckpt_path={path}"], f"{path}: unreadable checkpoint"
@@ -218,19 +289,45 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
         extra, message = [f"--data.root={tmp_path / 'typo'}", "--data.generate=true"], f"{tmp_path / 'typo'}: data.generate"
     elif case == "empty_split":
         extra, message = [], f"{_empty_train_list(voc_copy)}: empty split file"
-    else:  # raised inside a DataLoader worker (validating the untrained model): no worker traceback shown
+    elif case == "worker_error":  # raised inside a DataLoader worker (validating the untrained model): no worker traceback shown
         args[0], extra = "validate", ["--data.num_workers=2", "--data.persistent_workers=false"]
         message = str(_corrupt_image(voc_copy))
-    with pytest.raises(SystemExit) as exit_:
-        train.main([*args, *extra])
-    assert exit_.value.code in (1, 2)
-    err = capfd.readouterr().err  # file-descriptor level: DataLoader workers' output included
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], err[-3000:]
-    assert "Traceback" not in err
-    # refused before anything is created
-    if case not in ("occupied_root", "empty_split", "worker_error", "batch_over_split"):
-        assert not run_dir.exists()
+    elif case.startswith("predict_"):
+        cli, image = predict.main, next((shapes_root / "images").iterdir())
+        output = tmp_path / "masks.png"
+        if case == "predict_output_file":
+            output.write_bytes(b"")
+            created, message = tmp_path / "nothing", f"--output {output}: is a file; expected a directory"
+            args, extra = ["--ckpt_path", str(ckpt)], []
+        else:
+            output, created = tmp_path / "masks", tmp_path / "masks"
+            unfit = _with_other_net_config(ckpt, tmp_path)
+            args, extra = ["--ckpt_path", str(unfit)], []
+            message = f"{unfit}: its weights do not fit its net_config ("
+        args += ["--input", str(image), "--output", str(output)]
+    else:  # export: checked before minutes of ONNX export
+        cli = export.main
+        created = tmp_path / "model.txt" if case == "export_suffix" else _unwritable_dir(tmp_path) / "model.onnx"
+        args, extra = ["--ckpt_path", str(ckpt), "--output", str(created)], []
+        message = (f"--output {created}: expected a file name ending in .onnx or .pt2" if case == "export_suffix" else
+                   f"--output {created}: {created.parent} is not writable by this user")
+    try:
+        try:
+            status = cli([*args, *extra])
+        except SystemExit as exit_:
+            status = exit_.code
+        assert status in (1, 2)
+        err = capfd.readouterr().err  # file-descriptor level: DataLoader workers' output included
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], err[-3000:]
+        assert "Traceback" not in err
+        # refused before anything is created
+        # (with data.generate, as here, a split that does not read is left to prepare_data, after the run starts)
+        if case not in ("occupied_root", "empty_split", "worker_error"):
+            assert not created.exists()
+    finally:
+        if case == "export_unwritable" and os.geteuid() == 0:
+            subprocess.run(["umount", str(created.parent)], check=True)
 
 
 def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
@@ -260,3 +357,76 @@ def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
     assert sorted(s for run in runs for s, _ in run.metric("train/loss")) == list(range(30))
     assert sorted(s for run in runs for s, _ in run.metric("val/mIoU")) == [4, 9, 14, 19, 24, 29]
     assert [s for s, _ in runs[1].metric("train/loss")] == [*range(12, 20), *range(25, 30)]
+
+
+def test_ctrl_c_torn_run_files_and_a_second_run_in_the_folder(voc_root, tmp_path, capfd, recwarn):
+    """One short run stopped by SIGINT (Ctrl+C): exit 130 and one line naming its checkpoint. Then a crash's
+    leftovers: a torn last line in metrics.jsonl, a damaged line in its middle, a torn results.json. While
+    another live process holds the folder, a second run stops with one line naming it; once that process is
+    gone its lock is stale, and resuming keeps every readable record, names the bad lines and rewrites both
+    files whole."""
+    run_dir = tmp_path / "run"
+    args = ["fit", *tiny_args(voc_root, run_dir, 4, **{"trainer.limit_val_batches": "1"})]
+    ctrl_c = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 1, "signum": int(signal.SIGINT)}})
+    stopped = run_cli(*args, f"--trainer.callbacks+={ctrl_c}", check=False)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    saved = run_dir / "hpc_ckpt_2.ckpt"
+    assert f"Signal SIGINT: saved {saved} at step 2; resume with --ckpt_path last" in stopped.stdout + stopped.stderr
+    assert read_step(saved) == 2 and read_results(run_dir)["fit"]["finished"] is False
+    # no validation on the way out (Lightning validates a run that stops early; a grace period is seconds)
+    assert not any("val/mIoU" in r["metrics"] for r in read_records(run_dir / "metrics.jsonl"))
+    assert [p.name for p in run_dir.rglob("*.ckpt")] == ["hpc_ckpt_2.ckpt"]
+
+    metrics, results = run_dir / "metrics.jsonl", run_dir / "results.json"
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 2
+    lines.insert(1, '{"step": 0, "sta')  # line 2: damaged
+    metrics.write_text("\n".join(lines) + "\n" + '{"step": 1, "stage": "fit", "metr')  # torn last line
+    results.write_text(results.read_text()[:40])
+
+    holder = subprocess.Popen(["sleep", "60"])  # another live process holds the folder
+    try:
+        (run_dir / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "run": None}))
+        with pytest.raises(SystemExit) as refused:
+            train.main([*args, "--ckpt_path=last"])
+        errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+        assert refused.value.code == 1 and errors == [
+            f"error: {run_dir}: in use by pid {holder.pid} on {socket.gethostname()} (lock {run_dir / 'run.lock'}); "
+            "expected a run directory no other process writes into: stop that run, or give this one another "
+            "--trainer.logger.init_args.save_dir"]
+    finally:
+        holder.kill()
+        holder.wait()  # gone: its lock is stale
+    train.main([*args, "--ckpt_path=last"])
+    captured = capfd.readouterr()
+    output = captured.out + captured.err + "\n".join(str(w.message) for w in recwarn)
+    assert f"{metrics}: skipped damaged line 2" in output and f"{metrics}: cut the torn last line {len(lines) + 1}" in output
+    assert f"{results}: unreadable" in output
+    records = read_records(metrics)
+    assert [json.loads(line) for line in metrics.read_text().splitlines()] == records  # rewritten whole
+    losses = [r["step"] for r in records if "train/loss" in r["metrics"]]
+    assert losses == [0, 1, 2, 3]  # the first run's records kept, two new steps after them
+    assert any(r["step"] == 3 and "val/mIoU" in r["metrics"] for r in records)  # validated where scheduled
+    assert read_results(run_dir)["fit"]["finished"] and not (run_dir / "run.lock").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(voc_root, tmp_path):
+    """The run directory on a 120 MiB tmpfs: the step-2 checkpoints (47 MB each) fit, the step-4 one does
+    not. One line names the file and the free space; no temporary file stays; the step-2 ones load."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        run_dir = disk / "run"
+        result = run_cli("fit", *tiny_args(voc_root, run_dir, 4), "--checkpoint_every_n_train_steps=2", check=False)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(errors) == 1 and re.fullmatch(
+            rf"error: {run_dir}/\S+\.ckpt: no space left on device \(\d+\.\d MiB free\); nothing was half-written "
+            r"and the earlier files are kept: free space, then resume with --ckpt_path last", errors[0]), errors
+        assert not [p for p in run_dir.rglob("*.tmp")]
+        kept = sorted(run_dir.rglob("*.ckpt"))
+        assert kept and all(read_step(p) == 2 for p in kept)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

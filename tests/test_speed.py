@@ -12,7 +12,7 @@ import pytest
 import wandb
 
 from experiments.train import main
-from experiments.wandb_offline import read_runs
+from lightning_modules.wandb_offline import read_runs
 from helpers import ROOT, tiny_args
 
 

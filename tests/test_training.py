@@ -1,6 +1,8 @@
 """Issue 4: the LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
 from __future__ import annotations
 
+import json
+import random
 import textwrap
 
 import lightning as L
@@ -8,10 +10,12 @@ import pytest
 import torch
 
 from datamodules.voc_datamodule import VOCDataModule
-from experiments.wandb_offline import read_runs
+from lightning_modules.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
+from lightning_modules.checkpointing import read_step
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
+from lightning_modules.run_record import read_records, read_results
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.wandb_logger import wandb_offline
 
@@ -55,53 +59,86 @@ RESUME_CONFIG = """
 trainer:
   callbacks:
     - class_path: lightning_modules.callbacks.StepCheckpoint
-      init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true, auto_insert_metric_name: false}}
+      init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true,
+                  enable_version_counter: false, auto_insert_metric_name: false}}
 {kill}
 """
 
 
-def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch(voc_root, tmp_path):
-    """N steps in one run == the same steps SIGKILLed twice and resumed twice: same weights, losses, W&B run."""
-    # 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps. Killed at step 14 (its
-    # checkpoint closed epoch 0: the saved loader position is spent) and at step 21 (mid-epoch 1).
-    kills, total = (14, 21), 32
-    common = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
+#: 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps
+TOTAL = 32
+COMMON = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
 
-    def config(name: str, kill: int | None = None) -> str:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
-            f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
-        return f"--config={path}"
 
-    straight = tmp_path / "straight"
-    run_cli("fit", *tiny_args(voc_root, straight, total), *common, config("plain"))
-    interrupted = tmp_path / "interrupted"
-    resume: list[str] = []
-    for kill in kills:
-        run = run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config(f"kill{kill}", kill),
-                      *resume, check=False)
-        assert run.returncode == -9, run.stderr[-2000:]
-        assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
-        resume = ["--ckpt_path=last"]
-    run_cli("fit", *tiny_args(voc_root, interrupted, total), *common, config("plain"), *resume)
+def resume_config(directory, name: str, kill: int | None = None) -> str:
+    path = directory / f"{name}.yaml"
+    path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
+        f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
+    return f"--config={path}"
 
+
+@pytest.fixture(scope="module")
+def straight(voc_root, tmp_path_factory):
+    """TOTAL steps in one uninterrupted run: the reference every interrupted-and-resumed run must equal."""
+    work = tmp_path_factory.mktemp("straight")
+    run_cli("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
+    return work / "run"
+
+
+def assert_same_training(straight, interrupted, processes: int) -> None:
+    """Bitwise the same weights and LR as the uninterrupted run, one W&B run, every step's loss logged once."""
     a = torch.load(next(straight.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     b = torch.load(next(interrupted.rglob("last.ckpt")), map_location="cpu", weights_only=False)
-    assert a["global_step"] == b["global_step"] == total
+    assert a["global_step"] == b["global_step"] == TOTAL
     assert a["epoch"] == b["epoch"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
 
     runs = read_runs(interrupted)  # one offline file per process, all of the same W&B run
-    assert len(runs) == 3 and len({run.run_id for run in runs}) == 1
+    assert len(runs) == processes and len({run.run_id for run in runs}) == 1
     losses_straight = dict(read_runs(straight)[0].metric("train/loss"))
-    assert sorted(losses_straight) == list(range(total))
+    assert sorted(losses_straight) == list(range(TOTAL))
     # wandb-core buffers offline records and a SIGKILLed process loses its unflushed tail: the resumed
     # one re-sends it from metrics.jsonl, so together they hold every step once, as logged
     logged = [row for run in runs for row in run.metric("train/loss")]
-    assert sorted(s for s, _ in logged) == list(range(total))
+    assert sorted(s for s, _ in logged) == list(range(TOTAL))
     assert all(loss == losses_straight[s] for s, loss in logged)
+    records = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r["metrics"]]
+    assert sorted(records) == list(range(TOTAL))
+
+
+def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(voc_root, tmp_path, straight):
+    """N steps in one run == the same steps SIGKILLed at an epoch end, stopped by SIGTERM at a random step (sent
+    again while its checkpoint is written), SIGKILLed mid-epoch, and resumed each time: same weights, losses and
+    W&B run, and `last.ckpt` is the final step with no `last-v1.ckpt` beside it."""
+    # Killed at step 14 (its checkpoint closed epoch 0: the saved loader position is spent) and at step 21
+    # (mid-epoch 1); SIGTERM between them, where no periodic checkpoint falls.
+    term = random.Random().randrange(14, 20)
+    print(f"SIGTERM when step {term} starts")
+    interrupted = tmp_path / "interrupted"
+    resume: list[str] = []
+    for kill in (14, "term", 21):
+        if kill == "term":
+            callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": term}})
+            extra = [resume_config(tmp_path, "plain"), "--trainer.callbacks+=lightning_modules.requeue.Preemption",
+                     f"--trainer.callbacks+={callback}"]
+        else:
+            extra = [resume_config(tmp_path, f"kill{kill}", kill)]
+        run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, *extra, *resume, check=False)
+        resume = ["--ckpt_path=last"]
+        if kill == "term":  # exit 143 as a shell reports SIGTERM, one line naming a complete checkpoint
+            assert run.returncode == 143, run.stderr[-3000:]
+            saved = interrupted / f"hpc_ckpt_{term + 1}.ckpt"
+            assert (f"Signal SIGTERM: saved {saved} at step {term + 1}; resume with --ckpt_path last"
+                    in run.stdout + run.stderr), run.stderr[-3000:]
+            assert read_step(saved) == term + 1 and read_results(interrupted)["fit"]["finished"] is False
+            continue
+        assert run.returncode == -9, run.stderr[-2000:]
+        assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
+    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    assert_same_training(straight, interrupted, processes=4)
+    assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 
 
 def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):

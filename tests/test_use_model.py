@@ -1,7 +1,7 @@
 """Issue 12: your own dataset (folder layout, Cityscapes), then predict, load, export and fine-tune.
 
 One tiny quickstart-style training on a generated 5-class folder dataset gives the checkpoint every
-other test uses (module-scoped fixture)."""
+other test uses (`shapes_run`, a session fixture in conftest.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,31 +12,14 @@ from PIL import Image
 from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
-from experiments.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from lightning_modules.wandb_offline import read_runs
+from helpers import fit_args, run_cli, tiny_args
 from lightning_modules.pretrained import load_model
-
-
-def _fit_args(layout: str, root, run_dir, *extra: str) -> list[str]:
-    args = tiny_args(root, run_dir, max_steps=2, **{"data.train_split": "train", "trainer.limit_val_batches": "1"})
-    # the layout's class_path goes right after the config files, before its init_args
-    after_configs = max(i for i, arg in enumerate(args) if arg == "--config") + 2
-    return ["fit", *args[:after_configs], f"--data={layout}", *args[after_configs:], *extra]
 
 
 def _logged_ious(run_dir) -> set[str]:
     (run,) = read_runs(run_dir)
     return {k.removeprefix("val/iou/") for row in run.history for k in row if k.startswith("val/iou/")}
-
-
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
-    """(dataset root, run directory, last.ckpt) of 2 training steps on the generated 5-class folder dataset."""
-    tmp = tmp_path_factory.mktemp("shapes")
-    root = synthetic.generate_folder(tmp / "data", n_train=8, n_val=4)
-    run_dir = tmp / "run"
-    run_cli(*_fit_args("datamodules.folder.FolderDataModule", root, run_dir))
-    return root, run_dir, next(run_dir.rglob("last.ckpt"))
 
 
 def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
@@ -68,6 +51,7 @@ def _user_images(directory) -> dict[str, tuple[int, int]]:
     exif[0x0112] = 6
     rotated.save(directory / "phone.jpg", exif=exif)
     (directory / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (directory / "notes.jpg").write_text("not a picture\n")  # a text file with an image's name
     return {"photo": (200, 150), "screenshot": (130, 90), "gray": (50, 70), "logo": (80, 60), "print": (96, 64),
             "phone": (80, 40)}
 
@@ -80,7 +64,8 @@ def test_predict_writes_one_palette_png_per_image_at_its_size(shapes_run, tmp_pa
     assert predict.main(args) == 0
     captured = capsys.readouterr()
     assert f"skipped {tmp_path / 'in' / 'broken.jpg'}" in captured.err
-    assert "wrote 6 masks" in captured.out and "skipped 1 unreadable" in captured.out
+    assert f"skipped {tmp_path / 'in' / 'notes.jpg'}: cannot read the image (not an image" in captured.err
+    assert "wrote 6 masks" in captured.out and "skipped 2 unreadable" in captured.out
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(expected)
     for name, size in expected.items():
         mask = Image.open(out / f"{name}.png")
@@ -134,7 +119,7 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     assert isinstance(sample, Sample) and sample.image.name.endswith("_leftImg8bit.png")
 
     run_dir = tmp_path / "run"
-    result = run_cli(*_fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
+    result = run_cli(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
                                 f"--model.init_from={ckpt}"))
     log = result.stdout + result.stderr
     line = next(line for line in log.splitlines() if "init_from" in line)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import Backbone, OUTPUT_STRIDES
+from .base import Backbone, OUTPUT_STRIDES, is_weights_file, torchvision_weights
 from .mobilenet import MobileNetV2Backbone
 from .resnet import ResNetBackbone
 from .resnet_beta import ResNetBetaBackbone
@@ -30,4 +30,43 @@ def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[i
     raise ValueError(f"unknown backbone {name!r}: expected one of {BACKBONES}")
 
 
-__all__ = ["Backbone", "BACKBONES", "OUTPUT_STRIDES", "build_backbone"]
+class WeightsUnavailable(ValueError):
+    """Named weights that cannot be had on this machine; the message says how to give a local file."""
+
+
+def fetch_weights(name: str, weights: str | None) -> None:
+    """Bring the named ImageNet weights of backbone `name` into the library's cache (torchvision's hub
+    directory, timm's Hugging Face cache) now, so that a machine without internet or a tag that does not
+    exist is found before a run starts rather than deep inside the network's constructor. No weights or a
+    local file: nothing to fetch. WeightsUnavailable names the cause and the local-file way."""
+    if not weights or is_weights_file(weights):
+        return
+    if name.endswith("_beta"):
+        raise WeightsUnavailable(f"{name} has no weights by name ({weights!r}); expected a file "
+                                 "(experiments.import_official writes one from the official TF checkpoint)")
+    if name == "xception65":
+        import timm
+
+        tags = [model.split(".", 1)[1] for model in timm.list_pretrained("xception65.*")]
+        if weights not in tags:
+            raise WeightsUnavailable(f"unknown xception65 weights {weights!r}: expected one of {', '.join(tags)}, "
+                                     "or a path to a saved state dict")
+        library = f'timm.create_model("xception65.{weights}", pretrained=True)'
+    else:
+        from torchvision.models import get_model_weights
+
+        member = torchvision_weights(name, weights, get_model_weights(name))  # ValueError for an unknown name
+        library = f'torchvision.models.{name}(weights="{weights}")'
+    try:
+        if name == "xception65":
+            timm.create_model(f"xception65.{weights}", pretrained=True, num_classes=0)
+        else:
+            member.get_state_dict(progress=False)
+    except Exception as e:  # urllib, huggingface_hub and hash errors: each means "not here"
+        cause = " ".join(str(e).split())[:200]
+        raise WeightsUnavailable(
+            f"cannot download {name} weights {weights!r} ({type(e).__name__}: {cause}); on a machine with internet "
+            f'save them with torch.save({library}.state_dict(), "{name}.pth") and give that file instead') from None
+
+
+__all__ = ["Backbone", "BACKBONES", "OUTPUT_STRIDES", "WeightsUnavailable", "build_backbone", "fetch_weights"]
