@@ -57,7 +57,7 @@ class Job:
         return [self.stage, *configs, *self.overrides, *ckpt]
 
     def results(self) -> dict:
-        from lightning_modules.run_record import read_results  # imports Lightning: not for a dry run
+        from lightning_modules.run.record import read_results  # imports Lightning: not for a dry run
 
         return read_results(self.run_dir).get(self.stage, {})
 

@@ -119,7 +119,7 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     results = report.aggregate(plan)
     md = report.write(plan, results)
     if not args.status:
-        from lightning_modules.wandb_logger import log_table_summary
+        from .wandb_summary import log_table_summary
 
         log_table_summary(plan, results, md)
     print(md.read_text())

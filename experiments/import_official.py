@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from lightning_modules.components.aspp import DEFAULT_ATROUS_RATES
-from lightning_modules.official_import import OfficialCheckpointError, import_official
+from lightning_modules.official.importer import OfficialCheckpointError, import_official
 
 
 def _ints(text: str) -> list[int]:

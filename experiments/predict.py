@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from datamodules.reading import LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
-from experiments.user_errors import ConfigError, check_output_path
+from experiments.cli.errors import ConfigError, check_output_path
 from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.inference import labels_from, predict_probabilities
+from lightning_modules.components.inference import labels_from, predict_probabilities
 from lightning_modules.pretrained import load_model
 
 #: what a folder contributes (a file named explicitly is tried whatever its suffix)

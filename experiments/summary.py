@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightning_modules.plots import plot_curves
-from lightning_modules.run_summary import format_table, read_stage, run_labels
+from lightning_modules.run.plots import plot_curves
+from lightning_modules.run.summary import format_table, read_stage, run_labels
 
 
 def main(argv: list[str] | None = None) -> int:

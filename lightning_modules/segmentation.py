@@ -18,7 +18,7 @@ from datamodules.transforms import NORMALIZATIONS
 
 from .components import DeepLabV3Plus
 from .components.protocol import PAPER_CROP, protocol_from
-from .inference import labels_from, pixel_nll, predict_probabilities
+from .components.inference import labels_from, pixel_nll, predict_probabilities
 from .metrics import SegmentationMetrics
 from .pretrained import load_network_weights
 

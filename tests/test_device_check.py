@@ -13,7 +13,7 @@ from helpers import ROOT
 
 def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
     out = tmp_path / "check"
-    result = subprocess.run([sys.executable, "-m", "experiments.device_check", "--small", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "experiments.measure.device_check", "--small", "--out", str(out),
                              "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
                              "--parts", "lightning,backbones,compile"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
 
 
@@ -29,7 +29,7 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
     extra.write_text(textwrap.dedent(f"""
         trainer:
           callbacks:
-            - class_path: lightning_modules.callbacks.StepCheckpoint
+            - class_path: lightning_modules.run.checkpoints.StepCheckpoint
               init_args: {{save_last: true}}
             - class_path: helpers.RecordBatchNormTypes
               init_args: {{path: {str(bn_file)!r}}}

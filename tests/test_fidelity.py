@@ -16,7 +16,7 @@ from datamodules.transforms import RandomScaleCrop
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.inference import labels_from, pixel_nll, predict_probabilities
+from lightning_modules.components.inference import labels_from, pixel_nll, predict_probabilities
 from lightning_modules.segmentation import SegmentationModule
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

@@ -27,8 +27,8 @@ from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.backbones.resnet_beta import ResNetBetaBackbone
 from lightning_modules.components.official import tf_shape
 from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.inference import labels_from, predict_probabilities
-from lightning_modules.official_import import OfficialCheckpointError, convert, import_official
+from lightning_modules.components.inference import labels_from, predict_probabilities
+from lightning_modules.official.importer import OfficialCheckpointError, convert, import_official
 from lightning_modules.pretrained import load_model, load_network_weights
 from official.weights import official_value
 

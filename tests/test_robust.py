@@ -21,10 +21,10 @@ from datamodules import synthetic, voc_datamodule
 from datamodules.voc import DatasetError, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
 from experiments import export, predict, train
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import ROOT, fit_args, run_cli, tiny_args
-from lightning_modules.checkpointing import CheckpointError, read_step, resolve_ckpt_path
-from lightning_modules.run_record import read_records, read_results
+from lightning_modules.run.checkpoints import CheckpointError, read_step, resolve_ckpt_path
+from lightning_modules.run.record import read_records, read_results
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +102,7 @@ def test_checkpoints_land_atomically_with_tmpdir_on_another_filesystem(tmp_path)
     target = tmp_path / "ckpt" / "last.ckpt"
     script = textwrap.dedent(f"""
         import torch
-        from lightning_modules.checkpointing import AtomicCheckpointIO
+        from lightning_modules.run.checkpoints import AtomicCheckpointIO
         io, big, i = AtomicCheckpointIO(), torch.randn(10_000_000), 0
         while True:
             i += 1
@@ -334,7 +334,7 @@ def test_wandb_re_sends_what_a_killed_process_had_not_written(tmp_path):
     """The W&B run of a killed process lacks what wandb still buffered (steps 12-19 here) and holds some
     steps after the checkpoint (20-24): the next process re-sends the former from the run record and does
     not log the latter again."""
-    from lightning_modules.wandb_logger import RunLogger
+    from lightning_modules.run.wandb_logger import RunLogger
 
     records = [{"step": s, "metrics": {"train/loss": 1.0 / (s + 1), **({"val/mIoU": s / 10} if s % 5 == 4 else {})}}
                for s in range(30)]

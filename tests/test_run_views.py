@@ -12,7 +12,7 @@ from datamodules import cityscapes, folder, synthetic, voc
 from datamodules.check import SHOWN
 from experiments import summary
 from experiments.predict import segment
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.pretrained import load_model

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
 
 HERE = Path(__file__).resolve().parent / "slurm"

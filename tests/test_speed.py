@@ -11,8 +11,8 @@ import pytest
 
 import wandb
 
-from experiments.train import main
-from lightning_modules.wandb_offline import read_runs
+from experiments.cli.training import main
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import ROOT, tiny_args
 
 
@@ -45,8 +45,8 @@ def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
 
 
 def test_benchmark_command_measures_every_phase(voc_root):
-    """`experiments.benchmark` on the small-run overlay: every phase reports, and the final ratio line."""
-    result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--config", "experiments/configs/quickstart.yaml",
+    """`experiments.measure.benchmark` on the small-run overlay: every phase reports, and the final ratio line."""
+    result = subprocess.run([sys.executable, "-m", "experiments.measure.benchmark", "--config", "experiments/configs/quickstart.yaml",
                              "--config", "experiments/configs/smoke.yaml", "--steps", "2", "--warmup", "1",
                              "--eval-images", "2", f"--data.root={voc_root}", "--model.eval_canvas=null"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,

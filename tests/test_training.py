@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from datamodules.voc_datamodule import VOCDataModule
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import run_cli, tiny_args
-from lightning_modules.checkpointing import read_step
+from lightning_modules.run.checkpoints import read_step
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
-from lightning_modules.run_record import read_records, read_results
+from lightning_modules.run.record import read_records, read_results
 from lightning_modules.segmentation import SegmentationModule
-from lightning_modules.wandb_logger import wandb_offline
+from lightning_modules.run.wandb_logger import wandb_offline
 
 
 def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
@@ -58,7 +58,7 @@ def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
 RESUME_CONFIG = """
 trainer:
   callbacks:
-    - class_path: lightning_modules.callbacks.StepCheckpoint
+    - class_path: lightning_modules.run.checkpoints.StepCheckpoint
       init_args: {{filename: "step-{{step}}", every_n_train_steps: {every}, save_top_k: -1, save_last: true,
                   enable_version_counter: false, auto_insert_metric_name: false}}
 {kill}
@@ -121,7 +121,7 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(vo
     for kill in (14, "term", 21):
         if kill == "term":
             callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": term}})
-            extra = [resume_config(tmp_path, "plain"), "--trainer.callbacks+=lightning_modules.requeue.Preemption",
+            extra = [resume_config(tmp_path, "plain"), "--trainer.callbacks+=lightning_modules.run.preemption.Preemption",
                      f"--trainer.callbacks+={callback}"]
         else:
             extra = [resume_config(tmp_path, f"kill{kill}", kill)]

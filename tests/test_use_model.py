@@ -12,7 +12,7 @@ from PIL import Image
 from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
-from lightning_modules.wandb_offline import read_runs
+from lightning_modules.run.wandb_offline import read_runs
 from helpers import fit_args, run_cli, tiny_args
 from lightning_modules.pretrained import load_model
 

@@ -1,6 +1,6 @@
 """The evaluation protocol, defined once: output stride, scales, flip and the canvas images are evaluated on.
 
-Inference (`lightning_modules.inference`), Multiply-Adds counting (`complexity.py`), the ablation rows and
+Inference (`lightning_modules.components.inference`), Multiply-Adds counting (`complexity.py`), the ablation rows and
 the logged run metadata all read an `EvalProtocol`; nothing else spells these rules out.
 
 Why a canvas: bilinear resizing with `align_corners=True` (ours and TF's) maps feature cell k exactly

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpointing import CheckpointError, read_step
-from .run_record import METRICS_FILE, read_records, read_results
+from .checkpoints import CheckpointError, read_step
+from .record import METRICS_FILE, read_records, read_results
 
 #: how many of the best and of the worst classes the table lists
 CLASS_ROWS = 5

@@ -7,8 +7,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from .plots import plot_confusion_matrix, plot_curves
-from .run_record import RunRecord
-from .run_summary import format_table, read_stage
+from .record import RunRecord
+from .summary import format_table, read_stage
 
 CURVES_FILE = "curves.png"
 

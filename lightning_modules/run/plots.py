@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .run_summary import StageSummary
+    from .summary import StageSummary
 
 #: panel title → how the metric is found in a run's curves
 CURVES = (("train/loss", "train/loss"), ("val/mIoU", "val/mIoU"), ("learning rate", "lr-"))

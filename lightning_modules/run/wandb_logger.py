@@ -11,8 +11,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from .checkpointing import atomic_write_text
-from .run_record import scalars
+from .checkpoints import atomic_write_text
+from .record import scalars
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -178,18 +178,3 @@ class RunLogger(WandbLogger):
                 run.define_metric(metric, summary=summary)
             self._summaries_defined = True
         return run
-
-
-def log_table_summary(plan, results: list[dict], markdown: Path) -> None:
-    """An ablation table and its plot as one more run in the table's group (job type `summary`)."""
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    run = wandb.init(project=plan.project, group=plan.table.name, job_type="summary",
-                     name=f"{plan.table.name}/summary", dir=str(plan.work), tags=[plan.table.name, plan.profile],
-                     mode="disabled" if mode == "disabled" else "offline" if wandb_offline() else "online",
-                     config={"seeds": plan.seeds, "profile": plan.profile})
-    columns = list(results[0].keys())
-    run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in results]),
-             "miou_vs_multiply_adds": wandb.Image(str(markdown.with_suffix(".png")))})
-    run.finish()

@@ -29,12 +29,12 @@ from datamodules.cityscapes import CITYSCAPES_LABELS
 from datamodules.reading import LabelSpace
 from datamodules.voc import VOC_LABELS
 
-from .checkpointing import atomic_torch_save
-from .components import DeepLabV3Plus
-from .components.aspp import DEFAULT_ATROUS_RATES
-from .components.backbones import build_backbone
-from .components.official import OfficialNames, tf_shape, to_torch
-from .pretrained import NET_PREFIX
+from ..run.checkpoints import atomic_torch_save
+from ..components import DeepLabV3Plus
+from ..components.aspp import DEFAULT_ATROUS_RATES
+from ..components.backbones import build_backbone
+from ..components.official import OfficialNames, tf_shape, to_torch
+from ..pretrained import NET_PREFIX
 from .tf_checkpoint import read_tf_checkpoint
 
 #: official backbone scope → (our backbone, DeepLabV3Plus arguments it needs)

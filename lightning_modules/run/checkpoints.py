@@ -1,4 +1,5 @@
-"""Checkpoints that survive a kill: durable atomic writes, and which checkpoint a resumed run starts from."""
+"""Checkpoints that survive a kill: durable atomic writes, which checkpoint a resumed run starts from, and the
+callback that keeps `last.ckpt` at the final step."""
 from __future__ import annotations
 
 import errno
@@ -8,7 +9,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -166,3 +169,34 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     step, _, newest = max(readable)
     rank_zero_info(f"Resuming from {newest} (step {step})")
     return str(newest)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` always holds the final step.
+
+    Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with
+    `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
+    or resumed ablation rows would silently use stale weights. A run stopped before `max_steps` (SLURM
+    requeue, SIGTERM) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
+    exactly, and the requeue callback has already saved one at the step boundary. Whether `last.ckpt`
+    already holds the final step is read from the file (`read_step`), not from ModelCheckpoint's private
+    bookkeeping, which changes between Lightning releases. With `enable_version_counter: false` (base.yaml)
+    a resumed run overwrites `last.ckpt` instead of writing `last-v1.ckpt` beside it.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
+            return  # stopped early (requeue): not even Lightning's own end-of-training `last.ckpt`
+        super().on_train_end(trainer, pl_module)
+        if not self.save_last:
+            return
+        path = self.last_model_path or self.format_checkpoint_name({}, filename=self.CHECKPOINT_NAME_LAST)
+        stale = False
+        if trainer.is_global_zero:  # one reader decides, every process takes part in the save
+            try:
+                stale = read_step(path) != trainer.global_step
+            except CheckpointError:  # none yet
+                stale = True
+        if trainer.strategy.broadcast(stale):
+            self.last_model_path = path  # before the save: it is part of the state a resumed run restores
+            trainer.save_checkpoint(path, self.save_weights_only)

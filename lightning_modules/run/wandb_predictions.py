@@ -1,17 +1,11 @@
-"""Callbacks that put pictures next to mIoU in every run, checkpoint by step and show the run's progress
-(speed: `speed_monitor.py`)."""
+"""Pictures next to mIoU in every run: evaluation images with predicted and true masks in W&B."""
 from __future__ import annotations
 
-import datetime
-import time
 from typing import TYPE_CHECKING
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-
-from .checkpointing import CheckpointError, read_step
 
 if TYPE_CHECKING:
     from datamodules.reading import LabelSpace
@@ -87,72 +81,3 @@ class WandbPredictions(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module, "test")
-
-
-class StepCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose `last.ckpt` always holds the final step.
-
-    Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with
-    `every_n_train_steps` not dividing `max_steps` the file would keep an earlier step — and evaluations
-    or resumed ablation rows would silently use stale weights. A run stopped before `max_steps` (SLURM
-    requeue, SIGTERM) writes no end-of-training checkpoint: the loop state of a stopped run would not resume
-    exactly, and the requeue callback has already saved one at the step boundary. Whether `last.ckpt`
-    already holds the final step is read from the file (`read_step`), not from ModelCheckpoint's private
-    bookkeeping, which changes between Lightning releases. With `enable_version_counter: false` (base.yaml)
-    a resumed run overwrites `last.ckpt` instead of writing `last-v1.ckpt` beside it.
-    """
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
-            return  # stopped early (requeue): not even Lightning's own end-of-training `last.ckpt`
-        super().on_train_end(trainer, pl_module)
-        if not self.save_last:
-            return
-        path = self.last_model_path or self.format_checkpoint_name({}, filename=self.CHECKPOINT_NAME_LAST)
-        stale = False
-        if trainer.is_global_zero:  # one reader decides, every process takes part in the save
-            try:
-                stale = read_step(path) != trainer.global_step
-            except CheckpointError:  # none yet
-                stale = True
-        if trainer.strategy.broadcast(stale):
-            self.last_model_path = path  # before the save: it is part of the state a resumed run restores
-            trainer.save_checkpoint(path, self.save_weights_only)
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Lightning's bar (per epoch) plus what a step-budgeted run needs: the global step out of
-    `max_steps` and the time left for the whole run.
-
-    It refreshes every `trainer.log_every_n_steps` steps unless `refresh_rate` says otherwise: each refresh
-    reads the logged loss, which on a GPU waits for the device, so a refresh every step would stop the
-    host from running ahead (Lightning's default of 1 cost a synchronisation per step).
-    """
-
-    def __init__(self, refresh_rate: int | None = None, process_position: int = 0, leave: bool = False) -> None:
-        super().__init__(1 if refresh_rate is None else refresh_rate, process_position, leave)
-        self.every = refresh_rate
-
-    @property
-    def refresh_rate(self) -> int:
-        if self.every is not None:
-            return self.every
-        try:
-            return max(1, self.trainer.log_every_n_steps)
-        except TypeError:  # not attached to a trainer yet
-            return 1
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._t0, self._step0 = time.perf_counter(), trainer.global_step
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        if trainer.training and trainer.max_steps > 0:
-            items["step"] = f"{trainer.global_step}/{trainer.max_steps}"
-            done = trainer.global_step - getattr(self, "_step0", trainer.global_step)
-            if done > 0:
-                left = (time.perf_counter() - self._t0) / done * (trainer.max_steps - trainer.global_step)
-                items["eta"] = str(datetime.timedelta(seconds=int(left)))
-        return items

@@ -1,20 +1,20 @@
 """Every GPU claim of the README measured by one command: a Markdown table on stdout, all numbers as JSON.
 
-    python -m experiments.device_check --out results/device_check      # on a GPU: the paper's sizes, <= 8 min
-    python -m experiments.device_check --small --out /tmp/check         # on a CPU: tiny sizes, the same code
+    python -m experiments.measure.device_check --out results/device_check      # on a GPU: the paper's sizes, <= 8 min
+    python -m experiments.measure.device_check --small --out /tmp/check         # on a CPU: tiny sizes, the same code
 
 Parts, each under its own time limit (a part that does not fit reports "skipped: out of time"):
 
 1. `lightning`: ResNet-101 OS16 + decoder (`--backbones` without resnet101: the first listed), global batch 16, 513², bf16 + channels_last, generated data:
    the bare loop against Lightning's `fit` (W&B offline) with validation stalls and epoch boundaries in the
-   window (`experiments.benchmark.measure`): steady and mean images/s, their ratios, the logged
+   window (`experiments.measure.benchmark.measure`): steady and mean images/s, their ratios, the logged
    `speed/train_images_per_s` against the wall clock, single-scale eval bare against `validate`.
 2. `backbones`: the README's per-backbone table (ResNet-101, Xception-65 + SC, MobileNetV2): train
    images/s, eval ms/image at OS16 single scale and OS8 MS + flip, peak memory, MFU (Lightning alone).
 3. `predict_export`: a one-step checkpoint, `experiments.predict` and `experiments.export` (ONNX, run by
    onnxruntime) on the device; the exported model's classes agree with predict's.
 4. `syncbn`: two DDP processes (NCCL, then gloo) against one process holding the whole batch
-   (`experiments.syncbn_check`), and per-process BN as the control.
+   (`experiments.measure.syncbn_check`), and per-process BN as the control.
 5. `compile`: part 1's comparison with `--model.compile true`, if time is left.
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def part_predict_export(sizes: Sizes, data_root: Path, small: bool, work: Path) 
     """A checkpoint of one step, then predict and export as a user runs them; ONNX classes vs predict's."""
     import onnxruntime
 
-    from . import export, predict, train
+    from experiments import export, predict, train
 
     run_dir = work / "predict-run"
     args = config_args("mobilenet_v2", sizes, data_root, small, **{

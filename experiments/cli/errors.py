@@ -16,9 +16,9 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from datamodules.voc import DatasetError, voc_dir
-from lightning_modules.checkpointing import CheckpointError, DiskFullError
-from lightning_modules.run_lock import RunInUseError
-from lightning_modules.run_record import RunFileError
+from lightning_modules.run.checkpoints import CheckpointError, DiskFullError
+from lightning_modules.run.lock import RunInUseError
+from lightning_modules.run.record import RunFileError
 from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
 
 

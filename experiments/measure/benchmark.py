@@ -1,7 +1,7 @@
 """How fast a config trains and evaluates, and what Lightning costs on top of a bare PyTorch loop.
 
-    python -m experiments.benchmark --config experiments/configs/quickstart.yaml --steps 20
-    python -m experiments.benchmark --config experiments/configs/resnet101_os16.yaml --data.root /datasets/voc
+    python -m experiments.measure.benchmark --config experiments/configs/quickstart.yaml --steps 20
+    python -m experiments.measure.benchmark --config experiments/configs/resnet101_os16.yaml --data.root /datasets/voc
 
 The config is read by the training CLI (base.yaml first, then `--config`, then any `--key value` override)
 and its own datamodule and `SegmentationModule` are measured in:
@@ -20,7 +20,7 @@ their cost apart. The logged `speed/train_images_per_s` of the `fit` phase is pr
 rate of the same steps. MFU is the counted FLOPs per second over the device's dense peak
 (`speed_monitor.peak_flops`: our table, then Lightning's, `--peak-tflops` elsewhere).
 
-`measure` returns all of it as a dict; `experiments.device_check` calls it for its GPU parts.
+`measure` returns all of it as a dict; `experiments.measure.device_check` calls it for its GPU parts.
 """
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ from lightning.pytorch.cli import LightningCLI
 from datamodules.voc import IGNORE_INDEX
 from lightning_modules.components.complexity import protocol_cost
 from lightning_modules.components.protocol import MS_SCALES
-from lightning_modules.inference import labels_from, predict_probabilities
-from lightning_modules.run_record import METRICS_FILE, read_records
-from lightning_modules.speed_monitor import (peak_flops, peak_memory_mb, reset_peak_memory, synchronize,
+from lightning_modules.components.inference import labels_from, predict_probabilities
+from lightning_modules.run.record import METRICS_FILE, read_records
+from lightning_modules.run.speed_monitor import (peak_flops, peak_memory_mb, reset_peak_memory, synchronize,
                                              train_step_flops)
 
-from .train import BASE_CONFIG, CLI_KWARGS, TrainCLI
+from experiments.cli.training import BASE_CONFIG, CLI_KWARGS, TrainCLI
 
 
 def build(config_args: list[str], run_dir: Path, overrides: dict[str, str]) -> LightningCLI:

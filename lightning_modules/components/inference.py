@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components.protocol import EvalProtocol, scale_dimension
+from .protocol import EvalProtocol, scale_dimension
 
 
 def predict_probabilities(net: nn.Module, images: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:

@@ -17,9 +17,9 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from .components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost
-from .components import DeepLabV3Plus
-from .components.complexity import build_on_meta
+from ..components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost
+from ..components import DeepLabV3Plus
+from ..components.complexity import build_on_meta
 
 #: `trainer.precision` → the dtype the device's matmuls run in (the peak FLOP/s that MFU divides by)
 PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,

@@ -5,7 +5,7 @@ none. It runs in a child process because importing tensorflow-cpu 2.21 before to
 process segfaults at torchvision's import (and torch is always imported first here), and so that its
 threads and memory end with the read.
 
-    python -m lightning_modules.tf_checkpoint model.ckpt out.npz   # what `read_tf_checkpoint` runs
+    python -m lightning_modules.official.tf_checkpoint model.ckpt out.npz   # what `read_tf_checkpoint` runs
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import yaml
 
 from datamodules.base import SegmentationDataModule
 from datamodules.voc import DatasetError
-from experiments.user_errors import ConfigError, dotted_items
-from lightning_modules.checkpointing import CheckpointError
+from experiments.cli.errors import ConfigError, dotted_items
+from lightning_modules.run.checkpoints import CheckpointError
 from lightning_modules.components.backbones import fetch_weights
 from lightning_modules.pretrained import mismatched_settings, read_net_config
 

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from .checkpointing import atomic_write_text
+from .checkpoints import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"

@@ -1,0 +1,1 @@
+"""The official TensorFlow DeepLab checkpoints: reading them (in a TensorFlow child process) and converting."""
