@@ -2,7 +2,7 @@
 
 Rows that share their training overrides share one training per seed (Table 3: 4 trainings, 14
 evaluations). Every job is one `experiments.train` run in its own directory; the run's `results.json`
-(`lightning_modules/run_record.py`) says whether it finished — nothing here reads W&B.
+(`lightning_modules/run/record.py`) says whether it finished — nothing here reads W&B.
 """
 from __future__ import annotations
 

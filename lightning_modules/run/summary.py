@@ -1,5 +1,5 @@
 """What a run reached, read back from its folder alone (`metrics.jsonl`, `results.json`; no W&B, no network):
-the numbers of the end-of-stage console table (`run_report.RunReport`) and of `experiments.summary`.
+the numbers of the end-of-stage console table (`run.report.RunReport`) and of `experiments.summary`.
 """
 from __future__ import annotations
 

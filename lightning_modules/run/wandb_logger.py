@@ -89,7 +89,7 @@ class RunLogger(WandbLogger):
     without its last logging points (online: not sent; offline: not written), and with logging points
     from after the checkpoint that the resumed run logs again. When a run starts, `sync_history` compares
     what the W&B run holds — (trainer step, metric) pairs of the earlier processes' `.wandb` files
-    offline, of the server's history online — with the run's own record (`run_record.RunRecord`'s
+    offline, of the server's history online — with the run's own record (`run.record.RunRecord`'s
     `metrics.jsonl`, rewound to the checkpoint): what W&B lacks is re-sent, and what it holds beyond
     the record is not logged again when the resumed run reaches it. Every logged step is in the W&B
     history exactly once, with no rewind (a private-preview W&B feature, not available offline).
