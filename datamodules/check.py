@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .reading import DatasetError, Sample
+from .reading import IGNORE_INDEX, DatasetError, Sample
 
 #: defects printed per kind (the rest are counted)
 SHOWN = 20
@@ -61,24 +61,33 @@ class Defects:
                 print(f"  {message}", file=file)
 
 
-def check_sample(sample: Sample, decode: Callable[[Sample], object], defects: Defects) -> bool:
-    """Record what is wrong with one sample (missing files, or the decoder's DatasetError); True if nothing."""
-    ok = True
+#: the defect of a mask whose every pixel is ignored: it teaches nothing and scores nothing
+UNLABELLED = "mask with no labelled pixel"
+
+
+def check_sample(sample: Sample, decode: Callable[[Sample], tuple], defects: Defects) -> str | None:
+    """Record what is wrong with one sample (missing files, the decoder's DatasetError, a mask with nothing
+    labelled); the kind of its defect, None if nothing."""
+    missing = None
     for path, what in ((sample.image, "image"), (sample.mask, "mask")):
         if not path.is_file():
-            defects.add(f"missing {what}", missing_file(path, what))
-            ok = False
-    if not ok:
-        return False
+            missing = f"missing {what}"
+            defects.add(missing, missing_file(path, what))
+    if missing:
+        return missing
     try:
-        decode(sample)
+        _, mask = decode(sample)
     except DatasetError as e:  # every decoding message starts with the file it is about
-        defects.add("bad image" if str(e).startswith(str(sample.image)) else "bad mask", str(e))
-        return False
-    return True
+        kind = "bad image" if str(e).startswith(str(sample.image)) else "bad mask"
+        defects.add(kind, str(e))
+        return kind
+    if not (mask != IGNORE_INDEX).any():
+        defects.add(UNLABELLED, f"{sample.mask}: every pixel is {IGNORE_INDEX} (ignored)")
+        return UNLABELLED
+    return None
 
 
-def check_splits(list_split: Callable[[str], Sequence[Sample]], decode: Callable[[Sample], object],
+def check_splits(list_split: Callable[[str], Sequence[Sample]], decode: Callable[[Sample], tuple],
                  splits: Iterable[str], optional: Callable[[DatasetError], bool] = lambda e: False) -> int:
     """`--check`: list and decode every split, print per split its sample count, then every defect by
     kind; exit status 1 if there is any. `list_split` must not stop at missing files (they are reported
@@ -94,14 +103,16 @@ def check_splits(list_split: Callable[[str], Sequence[Sample]], decode: Callable
             else:
                 defects.add("unusable split", f"{split}: {e}")
             continue
-        bad = 0
         for sample in samples:
             if sample not in checked:
                 checked[sample] = check_sample(sample, decode, defects)
-            bad += not checked[sample]
+        kinds = [checked[sample] for sample in samples]
+        bad = sum(kind is not None for kind in kinds)
         print(f"{split}: {len(samples)} samples" + (f", {bad} with defects" if bad else " OK"))
+        if kinds and kinds.count(UNLABELLED) == len(kinds):
+            defects.add("unusable split", f"{split}: no mask has a labelled pixel: nothing to learn or score")
     if defects.count:
         defects.print()
-        print(f"error: {defects.count} defects in {sum(not ok for ok in checked.values())} samples", file=sys.stderr)
+        print(f"error: {defects.count} defects in {sum(kind is not None for kind in checked.values())} samples", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 from torchmetrics.aggregation import MeanMetric
@@ -199,7 +200,10 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self.net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=self.labels.ignore_index)
+        # a sum over the labelled pixels divided by their count, at least 1: the mean, but 0 (not NaN) for a
+        # batch whose crops hold no labelled pixel (all 255), which would otherwise poison the weights
+        valid = (masks != self.labels.ignore_index).sum().clamp(min=1)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=self.labels.ignore_index, reduction="sum") / valid
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -239,9 +243,14 @@ class SegmentationModule(L.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         confmat = self.metrics.compute()
         scores = SegmentationMetrics.scores(confmat)
-        self.log(f"{stage}/loss", self.eval_loss.compute())
+        loss, accuracy = self.eval_loss.compute(), scores["pixel_accuracy"].float()
+        if not confmat.sum():  # the preflight refuses such a split; a subset (limit_val_batches) can still be one
+            rank_zero_warn(f"{stage}: no labelled pixel in the {stage} images scored: mIoU, pixel accuracy and "
+                           "loss are undefined (logged as NaN, not 0)")
+            loss, accuracy = torch.full_like(loss, float("nan")), torch.full_like(accuracy, float("nan"))
+        self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
-        self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())
+        self.log(f"{stage}/pixel_accuracy", accuracy)
         for name, iou in zip(self.labels.class_names, scores["iou"]):
             if not torch.isnan(iou):
                 self.log(f"{stage}/iou/{name}", iou.float())

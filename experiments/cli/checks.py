@@ -1,11 +1,14 @@
 """What a run asks for, checked before a run directory or a W&B run exists: the training split and the batch
-it must fill, an explicit class count the data contradicts, a checkpoint trained as another network,
-ImageNet weights this machine cannot get. Each is one line (`ConfigError`, `DatasetError`,
+it must fill, an evaluation split with something to score, masks with a labelled pixel, an explicit class count
+the data contradicts, a checkpoint trained as another network, ImageNet weights this machine cannot get, a run
+folder it can write, shared memory for the loader workers, W&B credentials where W&B is forced online. Each is one line (`ConfigError`, `DatasetError`,
 `CheckpointError`, printed by `experiments.train`)."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,10 +16,11 @@ import yaml
 
 from datamodules.base import SegmentationDataModule
 from datamodules.voc import DatasetError
-from experiments.cli.errors import ConfigError, dotted_items
+from experiments.cli.errors import ConfigError, check_output_path, dotted_items
 from lightning_modules.run.checkpoints import CheckpointError
 from lightning_modules.components.backbones import fetch_weights
 from lightning_modules.pretrained import mismatched_settings, read_net_config
+from lightning_modules.run.wandb_logger import has_wandb_credentials
 
 NUM_CLASSES_KEYS = ("model.net.init_args.num_classes", "model.net.num_classes")
 
@@ -59,6 +63,74 @@ def check_training_split(config, data: SegmentationDataModule) -> None:
     if hp.batch_size > len(samples):
         raise ConfigError("--data.batch_size", f"expected at most {len(samples)}, the samples of "
                                                f"{data.hparams.train_split}; got {hp.batch_size}")
+    check_labelled(data, samples, "--data.train_split", "nothing to learn")
+
+
+def check_labelled(data: SegmentationDataModule, samples, option: str, consequence: str) -> None:
+    """At least one mask of `samples` has a labelled pixel. Decoding stops at the first such mask (the
+    first one, for real data): only a split whose every pixel is ignored is read through."""
+    decode, ignore = data.decoder(), data.labels.ignore_index
+    for sample in samples:
+        if (decode(sample)[1] != ignore).any():
+            return
+    split = data.hparams.train_split if option == "--data.train_split" else data.hparams.val_split
+    raise DatasetError(f"{option}: every pixel of every mask of {split} ({len(samples)} samples in "
+                       f"{data.root}) is {ignore} (ignored): {consequence}; check the masks with "
+                       f"`python -m {type(data).__module__} --check {data.root}`")
+
+
+def check_evaluation_split(config, data: SegmentationDataModule) -> None:
+    """The evaluation split lists existing files and has a labelled pixel (else mIoU is undefined), checked
+    before the run's folder and W&B run exist. Skipped where no evaluation runs or `data.generate` writes it."""
+    if config.trainer.get("limit_val_batches") == 0:
+        return
+    try:
+        samples = data.list_samples(data.hparams.val_split)
+    except DatasetError:
+        if config.data.init_args.get("generate"):
+            return
+        raise
+    check_labelled(data, samples, "--data.val_split", "no pixel to score, mIoU would be undefined")
+
+
+def check_run_folder(config) -> None:
+    """The run folder (the logger's save_dir) can be created and written by this process."""
+    logger = config.trainer.logger
+    if logger and not isinstance(logger, bool) and logger.init_args.get("save_dir"):
+        check_output_path("--trainer.logger.init_args.save_dir", logger.init_args.save_dir, directory=True)
+
+
+#: a train batch's bytes per pixel of the crop in the loader's shared memory: uint8 image (3) + uint8 mask (1)
+SHARED_BYTES_PER_PIXEL = 4
+
+
+def check_shared_memory(config, shm: str = "/dev/shm") -> None:
+    """Loader workers hand every batch over in shared memory (`/dev/shm`); a container's default (64 MB) is
+    smaller than the paper's 8 workers × 2 prefetched batches of 16 crops of 513², and a worker then dies with a
+    bus error deep inside the loader. Counted for one node: every process's workers share its /dev/shm."""
+    hp = config.data.init_args
+    workers = hp.get("num_workers") or 0
+    if workers <= 0 or not os.path.isdir(shm):
+        return
+    batch_bytes = hp.batch_size * hp.crop_size ** 2 * SHARED_BYTES_PER_PIXEL
+    needed = workers * (hp.get("prefetch_factor") or 2) * batch_bytes
+    free = shutil.disk_usage(shm).free
+    if free < needed:
+        mb = 2 ** 20
+        raise ConfigError(shm, f"{free / mb:.0f} MB free; the loader's {workers} workers (--data.num_workers) "
+                               f"need about {needed / mb:.0f} MB for their prefetched batches of "
+                               f"{batch_bytes / mb:.1f} MB; give it more (docker run --shm-size=2g) or lower "
+                               "--data.num_workers (0 loads in the training process)")
+
+
+def check_wandb_mode(config) -> None:
+    """WANDB_MODE=online without credentials would stop at wandb.init after the run folder exists."""
+    logger = config.trainer.logger
+    if not logger or isinstance(logger, bool) or "wandb" not in str(logger.get("class_path", "")).lower():
+        return
+    if os.environ.get("WANDB_MODE", "").lower() == "online" and not has_wandb_credentials():
+        raise ConfigError("WANDB_MODE", "online needs W&B credentials (`wandb login` or WANDB_API_KEY); unset "
+                                        "WANDB_MODE to log offline and `wandb sync` later")
 
 
 def _settings(values: dict) -> str:

@@ -18,7 +18,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.base import SegmentationDataModule
-from experiments.cli.checks import check_network, check_training_split, check_weights, datamodule, explicit_num_classes
+from experiments.cli.checks import (check_evaluation_split, check_network, check_run_folder, check_shared_memory,
+                                    check_training_split, check_wandb_mode, check_weights, datamodule,
+                                    explicit_num_classes)
 from experiments.cli.errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
                                      check_config, config_files, locate_in_config_files, one_line)
 from lightning_modules.run.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
@@ -124,8 +126,12 @@ class TrainCLI(LightningCLI):
         data = datamodule(config.data)
         if self.subcommand == "fit":
             check_training_split(config, data)
+            check_shared_memory(config)
+        check_evaluation_split(config, data)
         check_network(config, self.explicit_num_classes, data.num_classes)
         check_weights(config)
+        check_run_folder(config)
+        check_wandb_mode(config)
         if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
             self.run_lock = run_lock.acquire(config.trainer.default_root_dir)
 

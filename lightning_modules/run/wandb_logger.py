@@ -1,10 +1,14 @@
-"""W&B as researchers use it: offline when there are no credentials, one run per run directory."""
+"""W&B as researchers use it: offline when there are no credentials or no server to reach, one run per run
+directory."""
 from __future__ import annotations
 
+import functools
 import netrc
 import os
 import secrets
+import socket
 import string
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -26,16 +30,39 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def wandb_offline() -> bool:
-    """Offline when WANDB_MODE says so, or when no API key is configured (`wandb sync` later)."""
+#: seconds to wait for the W&B server before a run logs offline (a compute node without internet)
+SERVER_TIMEOUT = 5.0
+
+
+@functools.cache
+def server_unreachable() -> str | None:
+    """Why the W&B server (WANDB_BASE_URL, else W&B's cloud) cannot be reached within SERVER_TIMEOUT; None if
+    it can. Asked once per process: wandb.init itself would retry for minutes, then stop the run."""
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=SERVER_TIMEOUT).close()
+        return None
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e}"
+
+
+def offline_reason() -> str | None:
+    """Why this process logs offline: WANDB_MODE says so, no API key is configured, or the server cannot be
+    reached (`wandb sync` later). None: online, or W&B disabled (WANDB_MODE=disabled, which wandb reads itself)."""
     mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode == "disabled":  # wandb itself reads WANDB_MODE and makes a run that records nothing
-        return False
+    if mode == "disabled":
+        return None
     if mode in ("offline", "dryrun"):
-        return True
-    if mode == "online":
-        return False
-    return not has_wandb_credentials()
+        return f"WANDB_MODE={mode}"
+    if mode != "online" and not has_wandb_credentials():
+        return "no W&B credentials"
+    unreachable = server_unreachable()
+    return f"no W&B server at {unreachable}" if unreachable else None
+
+
+def wandb_offline() -> bool:
+    return offline_reason() is not None
 
 
 def run_id(save_dir: str | Path) -> str:
@@ -99,7 +126,11 @@ class RunLogger(WandbLogger):
                  group: str | None = None, tags: list[str] | None = None, entity: str | None = None,
                  job_type: str = "train", log_model: bool | str = False, **kwargs) -> None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        offline = wandb_offline()
+        reason = offline_reason()
+        offline = reason is not None
+        if offline and not reason.startswith("WANDB_MODE"):  # asked for offline: nothing to say
+            rank_zero_info(f"W&B: logging offline ({reason}) in {save_dir}/wandb; upload it later with "
+                           f"`wandb sync {save_dir}/wandb/offline-run-*`")
         if offline and log_model:
             rank_zero_warn("W&B is offline: checkpoints are kept in the run directory, not uploaded as artifacts")
             log_model = False
