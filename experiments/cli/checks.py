@@ -69,13 +69,16 @@ def check_training_split(config, data: SegmentationDataModule) -> None:
 def check_labelled(data: SegmentationDataModule, samples, option: str, consequence: str) -> None:
     """At least one mask of `samples` has a labelled pixel. Decoding stops at the first such mask (the
     first one, for real data): only a split whose every pixel is ignored is read through."""
-    decode, ignore = data.decoder(), data.labels.ignore_index
+    decode, ignore, decoded = data.decoder(), data.labels.ignore_index, 0
     for sample in samples:
         try:
             if (decode(sample)[1] != ignore).any():
                 return
+            decoded += 1
         except DatasetError:  # a broken file is the loader's to name, with every other defect `--check` finds
             continue
+    if not decoded:
+        return
     split = data.hparams.train_split if option == "--data.train_split" else data.hparams.val_split
     raise DatasetError(f"{option}: every pixel of every mask of {split} ({len(samples)} samples in "
                        f"{data.root}) is {ignore} (ignored): {consequence}; check the masks with "
