@@ -2,7 +2,7 @@
 NCHW, on the quickstart (MobileNetV2 from scratch on the generated VOC-format data, 300 steps): the same
 mIoU within seed noise is what lets the fast default stand in for the paper's precision (it did over 6
 seeds; 3 were too few: seed noise is 6-8 points); the `bf16` row (NCHW) tells bf16 from channels_last
-apart. Results: README "Speed and memory".
+apart. Results: docs/speed.md "bf16 against fp32".
 
     # 12 trainings, ~75 min on 2 CPU cores
     python -m ablations.precision --seeds 0,1,2,3,4,5 --rows bf16-channels_last,fp32

@@ -1,8 +1,9 @@
 """Image decoding and encoding: TorchCodec's, or torchvision.io's where no TorchCodec with image codecs loads.
 
-TorchCodec has image codecs from 0.16 on, and each release is built for one torch release. A machine with
-another torch (the lent GPU machines run torch 2.11 and torchvision 0.26) gets torchvision's functions, which
-torchvision deprecates in favour of TorchCodec but still ships; `BACKEND` says which one this process uses.
+TorchCodec's image codecs are recent, and each TorchCodec release is built for one torch release, so an
+environment with another torch than requirements.txt's may have no TorchCodec that loads. It gets
+torchvision's functions, which torchvision deprecates in favour of TorchCodec but still ships; `BACKEND`
+says which one this process uses.
 Both decode to uint8 3×H×W RGB with the EXIF orientation applied.
 """
 from __future__ import annotations

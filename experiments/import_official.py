@@ -6,7 +6,7 @@
         --model.eval_flip true
 
 Writes the checkpoint and, for a full DeepLab model, `<output>.yaml`: the network's config, to pass as `--config`
-(the checkpoint's `net_config` as LightningCLI reads it). README "Official checkpoints" lists the zoo.
+(the checkpoint's `net_config` as LightningCLI reads it). docs/fidelity.md "Official checkpoints" lists the zoo.
 """
 from __future__ import annotations
 

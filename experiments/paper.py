@@ -4,7 +4,7 @@ Each row holds its settings — overrides of the table's config for training, an
 beside the paper's mIoU and Multiply-Adds (billions, 513×513, the whole evaluation protocol, counted by
 tfprof on TF's graph: compare them with our `speed/multiply_adds_tf`). `experiments.complexity` puts our
 count beside them; the ablation scripts (`ablations/table*.py`) train and evaluate the rows. Transcribed
-from the paper (spec: `shared/paper/deeplabv3plus.md` §1–4).
+from the paper (DeepLabV3+, ECCV 2018, §4).
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def _resnet_row(*columns: Any) -> Row:
 
 
 #: 4 trainings (train output stride × decoder), 14 evaluations. Rows 1–4 are DeepLabv3's (no decoder);
-#: row 3 is 79.45% (spec §3 note). Every row sets multi-grid (1, 2, 4), the setting the paper ran.
+#: row 3 is 79.45% (some copies of the paper print 78.45; DeepLabv3 Table 6 and its text give 79.45).
+#: Every row sets multi-grid (1, 2, 4), the setting the paper ran.
 TABLE3 = Table(
     name="table3_output_stride",
     title="Table 3: ResNet-101 train/eval output stride, decoder, multi-scale and flip (VOC 2012 val)",

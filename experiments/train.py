@@ -7,7 +7,7 @@
         --model.eval_scales '[0.5,0.75,1.0,1.25,1.5,1.75]' --model.eval_flip true
 
 `experiments/configs/base.yaml` is always read first; a named config only says what differs.
-Segment your own images with `python -m experiments.predict` (README "Use a trained model").
+Segment your own images with `python -m experiments.predict` (README "Use a model").
 
 A user error (an option value, a data file, a checkpoint) prints one line `error: <option or file>: <what
 was expected>` and exits non-zero; `--debug` (or DEEPLAB_DEBUG=1) shows the full traceback instead.

@@ -16,7 +16,7 @@ from datamodules import synthetic  # noqa: E402
 
 #: library warnings we cannot fix, each filtered by its own message (never a whole category or module)
 LIBRARY_WARNINGS = (
-    # torchdata 0.11's StatefulDataLoader calls torch.set_vital, which torch 2.14 deprecates
+    # torchdata's StatefulDataLoader calls torch.set_vital, which torch deprecates
     "ignore:'set_vital' is deprecated:UserWarning",
 )
 

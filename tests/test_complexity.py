@@ -1,4 +1,4 @@
-"""Issue 10 item 5: Multiply-Adds counted the TF way (space-to-batch padding of atrous convs) beside the plain
+"""Multiply-Adds counted the TF way (space-to-batch padding of atrous convs) beside the plain
 count, against the paper's Tables 3 and 5; the paper's numbers in one module that `experiments` owns."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3: reading VOC + SBD, trainaug, the paper's augmentation, determinism, resumable loading, errors."""
+"""Reading VOC + SBD, trainaug, the paper's augmentation, determinism, resumable loading, errors."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Issue 22: the GPU check's code path in its small mode on the CPU, within the suite's time budget: the two
+"""The GPU check's code path in its small mode on the CPU, kept cheap: the two
 measuring parts on MobileNetV2 (Lightning vs bare loop, the per-backbone table). predict/export and SyncBN have
 tests elsewhere (test_use_model.py, test_distributed.py); SyncBN numerics need a GPU (no CPU kernel)."""
 from __future__ import annotations

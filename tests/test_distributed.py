@@ -1,4 +1,4 @@
-"""Issue 6: two-process DDP on CPU (gloo) scores the val set like one process; SyncBN conversion."""
+"""Two-process DDP on CPU (gloo) scores the val set like one process; SyncBN conversion."""
 from __future__ import annotations
 
 import textwrap

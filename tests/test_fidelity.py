@@ -1,4 +1,4 @@
-"""Issue 10: the protocol details that each cost measurable mIoU on real VOC when they differ from the
+"""The protocol details that each cost measurable mIoU on real VOC when they differ from the
 official code — aligned evaluation canvas, label resizing, weight decay, frozen BN, global batch."""
 from __future__ import annotations
 

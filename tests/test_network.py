@@ -1,4 +1,4 @@
-"""Issue 2: the network family, output stride in place, ASPP, decoder variants, weights (cost: test_complexity.py)."""
+"""The network family, output stride in place, ASPP, decoder variants, weights (cost: test_complexity.py)."""
 from __future__ import annotations
 
 import pytest

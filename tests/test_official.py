@@ -1,4 +1,4 @@
-"""Issue 19: the official TF DeepLab checkpoints, imported and compared with what the official graph computes.
+"""The official TF DeepLab checkpoints, imported and compared with what the official graph computes.
 
 The fixture (`tests/official/`, README there) holds each official network's variable manifest and its outputs
 for deterministic weights. Here those weights are rebuilt from the manifest, saved as real TF checkpoints by

@@ -1,4 +1,4 @@
-"""Issue 23: images decoded by TorchCodec, masks by PIL as palette indices, one orientation rule for both."""
+"""Images decoded by TorchCodec, masks by PIL as palette indices, one orientation rule for both."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Issue 14: nothing lost on a kill (metrics record, W&B history, checkpoints), every user mistake one line."""
+"""Nothing lost on a kill (metrics record, W&B history, checkpoints), every user mistake one line."""
 from __future__ import annotations
 
 import functools

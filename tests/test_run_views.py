@@ -1,4 +1,4 @@
-"""Issue 21: what users look at — W&B pictures, the end-of-stage table and pictures, `experiments.summary`,
+"""What users look at — W&B pictures, the end-of-stage table and pictures, `experiments.summary`,
 and `--check` reporting every defect of a tree at once."""
 from __future__ import annotations
 

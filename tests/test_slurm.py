@@ -1,4 +1,4 @@
-"""Issue 6 on a real SLURM (Debian's slurmctld/slurmd 22.05 + munge on loopback, started here):
+"""Training on a real SLURM (slurmctld/slurmd + munge on loopback, started here):
 SIGUSR1 → checkpoint + requeue → exact resume; the ablation runner's `--launcher slurm`."""
 from __future__ import annotations
 

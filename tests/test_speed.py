@@ -1,4 +1,4 @@
-"""Issue 11: speed figures that are true."""
+"""Speed figures that are true."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 4: the LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
+"""The LightningModule, evaluation protocol, W&B, checkpoints and exact resume."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 12: your own dataset (folder layout, Cityscapes), then predict, load, export and fine-tune.
+"""Your own dataset (folder layout, Cityscapes), then predict, load, export and fine-tune.
 
 One tiny quickstart-style training on a generated 5-class folder dataset gives the checkpoint every
 other test uses (`shapes_run`, a session fixture in conftest.py)."""

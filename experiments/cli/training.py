@@ -156,7 +156,7 @@ CLI_KWARGS = dict(model_class=SegmentationModule, datamodule_class=SegmentationD
                   parser_class=OneLineErrorParser)
 
 
-#: Lightning warnings whose premise does not hold here (README "Warnings you may see")
+#: Lightning warnings whose premise does not hold here (docs/errors.md "Warnings")
 NOT_APPLICABLE_WARNINGS = (
     # an epoch shorter than log_every_n_steps: Lightning logs by global step, so it logs across epochs
     r"The number of training batches \(\d+\) is smaller than the logging interval",

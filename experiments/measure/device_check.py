@@ -1,4 +1,4 @@
-"""Every GPU claim of the README measured by one command: a Markdown table on stdout, all numbers as JSON.
+"""Every GPU claim of docs/speed.md measured by one command: a Markdown table on stdout, all numbers as JSON.
 
     python -m experiments.measure.device_check --out results/device_check      # on a GPU: the paper's sizes, <= 8 min
     python -m experiments.measure.device_check --small --out /tmp/check         # on a CPU: tiny sizes, the same code
@@ -9,7 +9,7 @@ Parts, each under its own time limit (a part that does not fit reports "skipped:
    the bare loop against Lightning's `fit` (W&B offline) with validation stalls and epoch boundaries in the
    window (`experiments.measure.benchmark.measure`): steady and mean images/s, their ratios, the logged
    `speed/train_images_per_s` against the wall clock, single-scale eval bare against `validate`.
-2. `backbones`: the README's per-backbone table (ResNet-101, Xception-65 + SC, MobileNetV2): train
+2. `backbones`: docs/speed.md's per-backbone table (ResNet-101, Xception-65 + SC, MobileNetV2): train
    images/s, eval ms/image at OS16 single scale and OS8 MS + flip, peak memory, MFU (Lightning alone).
 3. `predict_export`: a one-step checkpoint, `experiments.predict` and `experiments.export` (ONNX, run by
    onnxruntime) on the device; the exported model's classes agree with predict's.
@@ -175,7 +175,7 @@ def _f(value, spec: str = ".1f") -> str:
 
 
 def table(report: dict) -> str:
-    """The Markdown the README records."""
+    """The Markdown table of the report (device_check.md)."""
     lines = [f"device: {report['device']} | torch {report['torch']} | {report['mode']} mode", ""]
     lines += ["| part | status | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {part['status']} | {part.get('seconds', '')} |" for name, part in report["parts"].items()]

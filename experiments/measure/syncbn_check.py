@@ -2,7 +2,7 @@
 
 Two processes (DDP, `backend`) each take half of one batch; a single process takes all of it with plain
 BatchNorm. With SyncBN the two must agree to rounding: statistics over the global batch (the paper's
-batch-16 BN, README "Fidelity") and DDP's averaged gradients equal the whole batch's. Per-process BN is
+batch-16 BN, docs/fidelity.md) and DDP's averaged gradients equal the whole batch's. Per-process BN is
 the control: its statistics differ, which shows the comparison can fail. Used by `experiments.measure.device_check`.
 """
 from __future__ import annotations

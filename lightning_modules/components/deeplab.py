@@ -33,7 +33,7 @@ class DeepLabV3Plus(nn.Module):
         decoder_projection: width of the low-level 1×1 projection (Table 1).
         decoder_low_level: "conv2" or "conv2+conv3" (Table 2).
         official_layers: mobilenet_v2 computes as TF-slim's (BN ε 1e-3, `SAME` stride-2 padding), as the
-            official checkpoints need (`experiments.import_official` sets it; README Fidelity).
+            official checkpoints need (`experiments.import_official` sets it; docs/fidelity.md).
     """
 
     def __init__(

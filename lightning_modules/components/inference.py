@@ -21,7 +21,7 @@ def predict_probabilities(net: nn.Module, images: torch.Tensor, protocol: EvalPr
     As the official `multi_scale_logits`, a scale's logits go to canvas size in two resizes: first to the
     logit grid of scale max(1, s), `scale_dimension(canvas, max(1, s) / head_stride)`, then to the canvas.
     At scale 0.75 of a 513 canvas and stride 4, 97 → 129 cells is not a whole-cell resize, so this changes
-    the averaged probabilities (README Fidelity). `head_stride` is the network's (4 with the decoder), or
+    the averaged probabilities (docs/fidelity.md). `head_stride` is the network's (4 with the decoder), or
     the output stride for a network that does not say.
     """
     h, w = images.shape[-2:]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Start a one-node SLURM 22.05 cluster on loopback for the tests (root; recipe: shared/recipes/local-slurm.md).
+# Start a one-node SLURM cluster on loopback for the tests (as root: munged, slurmctld and slurmd).
 #   start.sh WORKDIR    → WORKDIR/etc/slurm.conf, daemons' PIDs in WORKDIR/pids/
 set -e
 B=${1:?usage: start.sh WORKDIR}

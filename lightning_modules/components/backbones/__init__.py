@@ -16,7 +16,7 @@ def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[i
                    official_layers: bool = False) -> Backbone:
     if official_layers and name != "mobilenet_v2":
         raise ValueError(f"official_layers changes only mobilenet_v2; {name!r} already computes as the official "
-                         "network (README Fidelity)")
+                         "network (docs/fidelity.md)")
     if name in ("resnet50", "resnet101"):
         return ResNetBackbone(int(name[len("resnet"):]), weights=weights, multi_grid=multi_grid)
     if name in ("resnet50_beta", "resnet101_beta"):

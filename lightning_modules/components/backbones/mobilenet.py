@@ -11,7 +11,7 @@ from ..official import OfficialNames, batch_norm, conv, conv_bn, prefixed
 from .base import Backbone, set_conv_stride, torchvision_weights
 
 # One-based TF layer numbers of the decoder taps: layer_4 (stride 4) and layer_7 (stride 8)
-# "depthwise_output" (spec §6.5); torchvision's `features[i]` is TF's layer_{i+1}.
+# "depthwise_output" (the official feature_extractor.py); torchvision's `features[i]` is TF's layer_{i+1}.
 _TAPS = {"stride4": 3, "stride8": 6}
 
 

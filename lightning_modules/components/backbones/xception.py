@@ -87,7 +87,7 @@ class XceptionBackbone(Backbone):
 def _residual(block: XceptionModule, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The end of `XceptionModule.forward` (stack output y, block input x), written with the module's public
     attributes (`shortcut`, `no_skip`, `drop_path`, present in every timm 1.0.x): timm's own helper for
-    this, `_residual`, is private and missing from timm 1.0.29 and earlier."""
+    this, `_residual`, is private and missing from earlier timm 1.0 releases."""
     if block.no_skip:
         return y
     skip = x if block.shortcut is None else block.shortcut(x)
