@@ -38,17 +38,19 @@ def trusting() -> bool:
     return os.environ.get(TRUST_ENV, "") not in ("", "0")
 
 
-def _unsafe_global(path: Path, error: pickle.UnpicklingError) -> str | None:
-    """The type or function the safe loader refused: named in torch's message (`GLOBAL module.name`), or
-    found by scanning the pickle's opcodes (nothing is executed); None for a file that is merely corrupt."""
-    named = re.search(r"GLOBAL ([\w.]+)", str(error))
-    if named:
-        return named.group(1)
+def _unsafe_globals(path: Path, error: pickle.UnpicklingError) -> str | None:
+    """What the safe loader refused: every type or function the pickle names beyond tensors and plain data,
+    found by scanning its opcodes (nothing is executed), or else the one in torch's message (`GLOBAL
+    module.name`); None for a file that is merely corrupt."""
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip checkpoint: nothing to scan
-        return None
-    return found[0] if found else None
+        found = []
+    if not found:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        found = [named.group(1)] if named else []
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return ", ".join(found[:3]) + more if found else None
 
 
 def _allow_globals_of(path: Path) -> None:
@@ -85,7 +87,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     try:
         return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = _unsafe_global(path, e)
+        unsafe = _unsafe_globals(path, e)
         if unsafe is None:
             raise
         if not trusting():
