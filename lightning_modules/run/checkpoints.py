@@ -56,8 +56,12 @@ def _unsafe_globals(path: Path, error: pickle.UnpicklingError) -> str | None:
 def _allow_globals_of(path: Path) -> None:
     """After a trusted file was unpickled, its types are allowed to torch's safe loader for the rest of the
     process: Lightning reads the same file again with `weights_only=True` (LightningCLI's hyperparameters)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # torch's legacy (non-zip) format: its types cannot be listed without unpickling
+        return
     allowed = []
-    for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
+    for name in names:
         parts = name.split(".")
         for split in range(len(parts) - 1, 0, -1):  # `module.Class.attr`: the longest importable module
             try:
