@@ -91,11 +91,11 @@ def test_every_entry_point_refuses_the_payload_in_one_line(entry, shapes_run, tm
         status = call()
     except SystemExit as exit_:
         status = exit_.code
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     assert status == 1
     assert not marker.exists()
-    errors = [line for line in err.splitlines() if line.strip()]
-    assert len(errors) == 1, err[-3000:]
+    errors = [line for line in (out + err).splitlines() if line.strip()]  # everything the user sees
+    assert len(errors) == 1, (out + err)[-3000:]
     assert errors[0].startswith(f"error: {shared}: not loaded: it holds posix.system") and f"{TRUST_ENV}=1" in errors[0]
     assert not output.exists() and not any(p.name != "checkpoints" for p in run_dir.glob("*"))
 
