@@ -140,7 +140,8 @@ def test_the_opt_in_loads_a_trusted_file(shapes_run, tmp_path, monkeypatch, untr
     try:
         assert load_model(noted).class_names == load_model(ckpt).class_names
         cli = train.main([*_cli_args(shapes_run, tmp_path / "run", "validate"), f"--ckpt_path={beside}",
-                          "--trainer.limit_val_batches=0", "--trainer.logger=false"])
+                          "--trainer.limit_val_batches=0", "--trainer.logger=false",
+                          f"--trainer.default_root_dir={tmp_path / 'run'}"])  # its config.yaml goes there
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(allowed)
