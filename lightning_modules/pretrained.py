@@ -3,7 +3,8 @@
     from lightning_modules.pretrained import load_model
     net = load_model("runs/quickstart/.../checkpoints/last.ckpt")   # eval mode, class names, palette
 
-Checkpoints are pickles: load only files you trust (as with `torch.load`).
+Checkpoints are read with torch's safe loader (tensors and plain data only, `read_checkpoint`); a file
+that holds anything else is refused unless DEEPLAB_TRUST_CHECKPOINTS=1 (docs/checkpoint-safety.md).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 from datamodules.reading import LabelSpace
 
 from .components import DeepLabV3Plus
+from .run.checkpoints import UnsafeCheckpointError, read_checkpoint
 
 NET_PREFIX = "net."
 
@@ -30,7 +32,9 @@ def _read(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return read_checkpoint(path, map_location=map_location)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # torch raises several types for torn or foreign files
         raise ValueError(f"{path}: cannot read the checkpoint ({e}); "
                          "expected a Lightning .ckpt or a saved state dict") from None
@@ -47,7 +51,7 @@ def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
 def read_net_config(path: str | Path) -> dict | None:
     """The `net_config` a checkpoint written by experiments.train carries (None for a plain state dict).
     Memory-mapped: the tensors are not read."""
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = read_checkpoint(path, mmap=True)
     return checkpoint.get("net_config") if isinstance(checkpoint, dict) else None
 
 

@@ -98,3 +98,11 @@ class StepTimes(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         Path(self.path).write_text(json.dumps({"start": self.start, "ends": self.ends, "batch_size": self.images}))
+
+
+class SharedNote:
+    """A harmless object of a class torch's safe checkpoint loader does not know, as a colleague's checkpoint
+    may carry one: what the DEEPLAB_TRUST_CHECKPOINTS opt-in is tested with (importable by the loading process)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text

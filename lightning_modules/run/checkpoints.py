@@ -3,7 +3,10 @@ callback that keeps `last.ckpt` at the final step."""
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -18,6 +21,87 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding an object that only unpickling could rebuild (which can run any code)."""
+
+
+#: the opt-in for checkpoints that hold more than tensors and plain data (docs/checkpoint-safety.md): an
+#: environment variable, so that every reader honours it alike (the training CLI, Lightning's own restore, DDP
+#: and SLURM-requeued processes, experiments.predict/export, `load_model` from a notebook)
+TRUST_ENV = "DEEPLAB_TRUST_CHECKPOINTS"
+
+
+def trusting() -> bool:
+    """Whether the user opted in (`DEEPLAB_TRUST_CHECKPOINTS=1`) to unpickling whatever a checkpoint holds."""
+    return os.environ.get(TRUST_ENV, "") not in ("", "0")
+
+
+def _unsafe_globals(path: Path, error: pickle.UnpicklingError) -> str | None:
+    """What the safe loader refused: every type or function the pickle names beyond tensors and plain data,
+    found by scanning its opcodes (nothing is executed), or else the one in torch's message (`GLOBAL
+    module.name`); None for a file that is merely corrupt."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: nothing to scan
+        found = []
+    if not found:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        found = [named.group(1)] if named else []
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return ", ".join(found[:3]) + more if found else None
+
+
+def _allow_globals_of(path: Path) -> None:
+    """After a trusted file was unpickled, its types are allowed to torch's safe loader for the rest of the
+    process: Lightning reads the same file again with `weights_only=True` (LightningCLI's hyperparameters)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # torch's legacy (non-zip) format: its types cannot be listed without unpickling
+        return
+    allowed = []
+    for name in names:
+        parts = name.split(".")
+        for split in range(len(parts) - 1, 0, -1):  # `module.Class.attr`: the longest importable module
+            try:
+                obj = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[split:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                continue
+            allowed.append(obj)
+            break
+    torch.serialization.add_safe_globals(allowed)
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """A checkpoint as torch's safe loader reads it: tensors and plain data (dicts, lists, numbers, strings).
+    Every read of a checkpoint goes through here, Lightning's restore included (`AtomicCheckpointIO`).
+
+    A checkpoint is a pickle, and unpickling can run any code; the checkpoints this repository writes
+    (training, the official importer, plain state dicts) hold nothing else, so no type is allowlisted. A
+    file that needs anything more is refused (UnsafeCheckpointError, one line naming the file and the type)
+    before any of it is executed, unless the user set DEEPLAB_TRUST_CHECKPOINTS=1 for a file they trust.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(path, e)
+        if unsafe is None:
+            raise
+        if not trusting():
+            raise UnsafeCheckpointError(
+                f"{path}: not loaded: it holds {unsafe}, and only full unpickling, which can run any code, "
+                f"loads that (a checkpoint should hold tensors and plain data only); if you trust this file, "
+                f"set {TRUST_ENV}=1 (docs/checkpoint-safety.md)") from None
+    checkpoint = torch.load(path, map_location=map_location, mmap=mmap, weights_only=False)
+    _allow_globals_of(path)
+    return checkpoint
 
 
 class DiskFullError(OSError):
@@ -115,6 +199,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         atomic_torch_save(checkpoint, path)
 
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's restore (`trainer.fit/validate/test(ckpt_path=...)`, the SLURM requeue's) reads with
+        `read_checkpoint`: the safe loader, whatever `weights_only` the caller asks for (the opt-in for a
+        trusted file is DEEPLAB_TRUST_CHECKPOINTS=1)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return read_checkpoint(path, map_location=map_location)
+
 
 def read_step(path: str | Path) -> int:
     """The `global_step` recorded in a checkpoint; CheckpointError naming the file if it cannot be read.
@@ -129,8 +221,10 @@ def read_step(path: str | Path) -> int:
         with zipfile.ZipFile(path) as archive:
             if archive.testzip() is not None:
                 raise zipfile.BadZipFile("CRC mismatch")
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = read_checkpoint(path, mmap=True)
         return int(checkpoint["global_step"])
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # zip, pickle and key errors all mean the same thing here
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
                               "expected a complete Lightning checkpoint") from None
@@ -161,6 +255,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     for candidate in checkpoints(run_dir):
         try:
             readable.append((read_step(candidate), candidate.stat().st_mtime, candidate))
+        except UnsafeCheckpointError:
+            raise  # refused, never skipped for an older one: the user decides about this file
         except CheckpointError as e:
             rank_zero_warn(f"{e}: skipping it")
     if not readable:

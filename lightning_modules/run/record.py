@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from .checkpoints import atomic_write_text
+from .checkpoints import atomic_write_text, read_checkpoint
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -187,7 +187,7 @@ class RunRecord(Logger, L.Callback):
         if stage == "fit" and checkpoint:
             # Runs before any callback logs (first in the callback list) and before Lightning restores
             # the checkpoint: the record is rewound now, from the checkpoint's own count.
-            state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+            state = read_checkpoint(checkpoint, mmap=True)
             count = state.get("callbacks", {}).get(self.state_key, {}).get("records")
             if count is None:
                 rank_zero_warn(f"{checkpoint} has no {METRICS_FILE} position: the record keeps every line")

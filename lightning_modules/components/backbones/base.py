@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...run.checkpoints import read_checkpoint
+
 OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -82,7 +84,7 @@ class Backbone(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)  # the safe loader, as every checkpoint read (docs/checkpoint-safety.md)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         self.load_library_state_dict(state, ignore_prefixes, source=str(path))
