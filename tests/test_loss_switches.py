@@ -3,13 +3,12 @@ the official formula written here in numpy, independently of `lightning_modules.
 all three; bad values as one line."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from datamodules import synthetic
 from experiments import train
 from experiments.config import to_cli_args
 from helpers import fit_args
@@ -120,10 +119,10 @@ def test_median_frequency_weights_by_hand(tmp_path):
     assert median_frequency_weights(pixels, image_pixels) == pytest.approx([*(median / freq), 1.0])
 
 
-def test_a_short_fit_with_every_switch_records_them(shapes_run, tmp_path, capfd):
+def test_a_short_fit_with_every_switch_records_them(tmp_path, capfd):
     """The three switches as the ablation runner passes overrides (`to_cli_args`): the fit runs, its
     config.yaml and checkpoint hold them, the median-frequency weights are counted, cached and logged."""
-    root = shutil.copytree(shapes_run[0], tmp_path / "data")
+    root = synthetic.generate_folder(tmp_path / "data", n_train=8, n_val=4)  # written here: the cache goes beside it
     run_dir = tmp_path / "run"
     switches = {"model.top_k_percent_pixels": 0.25, "model.hard_example_mining_step": 2,
                 "model.label_weights": "median_frequency"}

@@ -8,6 +8,9 @@ few image sizes, and how often the two agree on a pixel's class.
 Every measurement is one `experiments.predict` run in a fresh process on a generated JPEG (reading the
 JPEG and writing the palette mask included), so that its peak memory is its own: the peak resident set
 size of the process (`os.wait4`), and on a GPU `torch.cuda.max_memory_allocated` after a synchronisation.
+`seconds` is the wall-clock time of `experiments.predict.main` (after a device synchronisation); `CPU s`
+is the processor time of the whole process (start-up included), which moves less than the wall clock
+when other processes share the CPU.
 Without `--ckpt_path` a randomly initialised MobileNetV2 (OS16, decoder, 21 classes) is saved and used:
 its speed and memory are those of a trained one, its labels are not — the agreement line needs a trained
 checkpoint to mean anything. Timings on a machine other processes share move with their load.
@@ -66,6 +69,7 @@ def run_predict(args: list[str], device: str) -> dict:
     _, status, usage = os.wait4(process.pid, 0)
     result = json.loads(lines[-1]) if lines else {"rc": status, "seconds": None, "cuda_gb": None}
     result["rss_gb"] = usage.ru_maxrss * 1024 / 1e9  # kilobytes on Linux
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole process, start-up included
     return result
 
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         ckpt = args.ckpt_path or str(random_checkpoint(tmp_path / "random.ckpt"))
         print(f"device: {device_name(torch.device(args.device))}; checkpoint: {args.ckpt_path or 'random MobileNetV2 OS16'}")
-        print(f"{'image':>11} {'mode':>6} {'seconds':>8} {'peak RSS GB':>12} {'CUDA GB':>8}")
+        print(f"{'image':>11} {'mode':>6} {'seconds':>8} {'CPU s':>8} {'peak RSS GB':>12} {'CUDA GB':>8}")
         for size in args.sizes:
             width, height = (int(v) for v in size.lower().split("x"))
             image = tmp_path / f"{size}.jpg"
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 masks[mode] = out / f"{size}.png"
                 cuda = f"{result['cuda_gb']:.2f}" if result["cuda_gb"] is not None else "-"
-                print(f"{size:>11} {mode:>6} {result['seconds']:>8.1f} {result['rss_gb']:>12.2f} {cuda:>8}", flush=True)
+                print(f"{size:>11} {mode:>6} {result['seconds']:>8.1f} {result['cpu_seconds']:>8.1f} "
+                      f"{result['rss_gb']:>12.2f} {cuda:>8}", flush=True)
             if len(masks) == 2:
                 print(f"{size:>11} tiled and whole-image labels agree on {agreement(masks['whole'], masks['tile']):.1%} "
                       "of the pixels")
