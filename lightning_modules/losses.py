@@ -3,7 +3,7 @@
 `add_softmax_cross_entropy_loss_for_each_scale` (research/deeplab/utils/train_utils.py) computes them.
 
 All three are off by default: the paper's VOC protocol trains on the plain mean cross-entropy over the
-labelled pixels, and with no switch set `segmentation_loss` is exactly that.
+labelled pixels, and with no switch set `segmentation_loss` is exactly that (`F.cross_entropy`).
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: i
       `top_k_percent_pixels`, not by the ramped fraction: at step 0 of a ramp all pixels are kept but the
       divisor is still the non-zero count, as in the official code.
     """
+    if label_weights is None and top_k_percent_pixels == 1.0:  # the paper's loss, PyTorch's fused kernel
+        return F.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
     weights = pixel_weights(masks, ignore_index, label_weights)
     losses = F.cross_entropy(logits.float(), torch.where(masks == ignore_index, 0, masks), reduction="none")
     weighted = (losses * weights).flatten()
