@@ -9,8 +9,10 @@ palette PNG in the dataset's colours (open it in any viewer; read the indices wi
 `np.array(Image.open(path))`); `--overlay` adds OUTPUT/<name>_overlay.jpg. Inputs are files, folders
 (their images, not recursive) or glob patterns. Gray, RGBA, CMYK, 16-bit and EXIF-rotated images are read
 as the RGB image a viewer shows. Evaluation is the `validate` path (`predict_probabilities`, aligned
-canvas); a large image is run as it is unless `--max_side` downscales it (the mask is still written at
-the image's size). An unreadable file is named in a warning and skipped.
+canvas); a large image is run as it is unless `--tile` scores it window by window (windows of the training
+crop, or `--tile_size`, overlapping by `--tile_overlap`: memory follows the window, not the image) or
+`--max_side` downscales it (the mask is still written at the image's size). An unreadable file is named in
+a warning and skipped.
 """
 from __future__ import annotations
 
@@ -28,13 +30,16 @@ from tqdm import tqdm
 
 from datamodules.reading import LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
-from experiments.cli.errors import ConfigError, check_output_path
-from lightning_modules.components.protocol import EvalProtocol
-from lightning_modules.components.inference import labels_from, predict_probabilities
+from experiments.cli.errors import ConfigError, check_output_path, check_tiling
+from lightning_modules.components.protocol import PAPER_CROP, EvalProtocol
+from lightning_modules.components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, predict_labels, \
+    predict_probabilities
 from lightning_modules.pretrained import load_model
 
 #: what a folder contributes (a file named explicitly is tried whatever its suffix)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+#: an image with this many times the pixels of the training crop gets a one-line hint to use --tile
+TILE_HINT_AREA = 16
 
 
 def list_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -57,18 +62,21 @@ def list_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
 def normalize(images: torch.Tensor, normalization: str) -> torch.Tensor:
     """uint8 N×3×H×W → the float input the backbone was trained on."""
     mean, std = NORMALIZATIONS[normalization]
-    return TF.normalize(images.float().div_(255), mean, std)
+    return TF.normalize(images.float().div_(255), mean, std, inplace=True)
 
 
 @torch.no_grad()
 def segment(net: torch.nn.Module, images: torch.Tensor, protocol: EvalProtocol,
-            max_side: int | None = None) -> torch.Tensor:
+            max_side: int | None = None, tiling: Tiling | None = None) -> torch.Tensor:
     """N×H×W class indices of uint8 N×3×H×W images (all one size) under a resolved `protocol`.
 
     With `max_side`, an image whose longer side exceeds it is downscaled for the network and the class
-    probabilities are resized back to the image's size."""
+    probabilities are resized back to the image's size. With `tiling`, an image larger than a window is
+    scored window by window (a progress bar over the windows) and its labels are taken strip by strip."""
     h, w = images.shape[-2:]
     x = normalize(images, net.normalization)
+    if tiling is not None:
+        return predict_labels(net, x, protocol, tiling, progress=True)
     if max_side and max(h, w) > max_side:
         scale = max_side / max(h, w)
         x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
@@ -139,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                              "default: the smallest aligned canvas holding the image")
     parser.add_argument("--max_side", type=int, default=None,
                         help="downscale images whose longer side is larger than this for the network (default: never)")
+    parser.add_argument("--tile", action="store_true",
+                        help="score images larger than a window with overlapping sliding windows (large images)")
+    parser.add_argument("--tile_size", type=int, default=None,
+                        help="window side in pixels (default: the checkpoint's training crop)")
+    parser.add_argument("--tile_overlap", type=float, default=DEFAULT_TILE_OVERLAP,
+                        help="overlap of neighbouring windows, a fraction of the window in [0, 1) (default 1/3)")
     parser.add_argument("--batch_size", type=int, default=4, help="images of one size run together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -148,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path("--output", args.output, directory=True)
         if not paths:
             raise ConfigError("--input", f"expected image files, folders or glob patterns; {'; '.join(skipped)}")
+        if args.tile and args.max_side:
+            raise ConfigError("--max_side", "expected without --tile (tiling scores the image at full resolution)")
         net = load_model(args.ckpt_path, map_location=args.device)
         protocol = EvalProtocol(args.output_stride, tuple(args.scales), args.flip,
                                 tuple(args.canvas) if args.canvas else None).resolve(net.output_stride)
+        check_tiling("--tile_size", args.tile_size, "--tile_overlap", args.tile_overlap, protocol.output_stride)
+        crop = args.tile_size or getattr(net, "training_crop", None) or PAPER_CROP
+        tiling = Tiling(crop, args.tile_overlap) if args.tile else None
     except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -158,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(paths)
-    written = 0
+    written, hinted = 0, False
     with tqdm(total=len(paths), unit="image", disable=len(paths) < 2, file=sys.stderr) as bar:
         for batch in batches(paths, args.batch_size, skipped):
             images = torch.stack([image for _, image in batch]).to(args.device)
-            labels = segment(net, images, protocol, args.max_side)
+            if not (args.tile or args.max_side or hinted) and images[0, 0].numel() > TILE_HINT_AREA * crop ** 2:
+                hinted = True
+                print(f"note: {batch[0][0]} is {images.shape[-1]}×{images.shape[-2]}, far larger than the "
+                      f"{crop}px training crop; --tile scores it window by window in far less memory", file=sys.stderr)
+            labels = segment(net, images, protocol, args.max_side, tiling)
             for (path, image), mask in zip(batch, labels):
                 save_mask(mask, net.labels, out / f"{names[path]}.png")
                 if args.overlay:
@@ -171,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(written + len(skipped) - bar.n)  # unreadable files count as done too
     for problem in skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
-    print(f"wrote {written} masks to {out} ({protocol.describe()}); skipped {len(skipped)} unreadable inputs")
+    how = protocol.describe() + (f", {tiling.describe()}" if tiling else "")
+    print(f"wrote {written} masks to {out} ({how}); skipped {len(skipped)} unreadable inputs")
     return 0 if written or not skipped else 1
 
 

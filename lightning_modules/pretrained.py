@@ -102,4 +102,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> De
     net.load_state_dict(state)
     labels = LabelSpace(**checkpoint["labels"])
     net.labels, net.class_names, net.palette = labels, labels.class_names, labels.palette
+    # the training crop: the default sliding window of `experiments.predict --tile` (None: not recorded)
+    net.training_crop = (checkpoint.get("datamodule_hyper_parameters") or {}).get("crop_size")
     return net.to(map_location).eval()

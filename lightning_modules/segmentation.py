@@ -7,8 +7,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 from torchmetrics.aggregation import MeanMetric
@@ -19,7 +18,10 @@ from datamodules.transforms import NORMALIZATIONS
 
 from .components import DeepLabV3Plus
 from .components.protocol import PAPER_CROP, protocol_from
-from .components.inference import labels_from, pixel_nll, predict_probabilities
+from .components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, pixel_nll, predict_probabilities, \
+    tiled_probabilities
+from .class_balance import median_frequency
+from .losses import segmentation_loss
 from .metrics import SegmentationMetrics
 from .pretrained import load_network_weights
 
@@ -69,6 +71,18 @@ class SegmentationModule(L.LightningModule):
             (`components.protocol.EvalProtocol`): output stride (None = the training one), multi-scale
             inputs (0.5…1.75), left-right flips, and the aligned canvas images are pasted into (513×513
             for VOC, the official `eval_crop_size`; None = the smallest aligned size per image).
+        eval_tile, eval_tile_size, eval_tile_overlap: sliding-window evaluation (a deviation, off by default:
+            the official code runs whole images): an image larger than one window of `eval_tile_size` pixels
+            (None = the training crop, `data.crop_size`) is scored window by window, windows overlapping by
+            `eval_tile_overlap` of their size (1/3: mmsegmentation's stride of 2/3 of the crop), class
+            probabilities averaged where they overlap. An image that fits one window is scored as without it.
+        top_k_percent_pixels: hard-pixel mining (official flag of the same name; 1 = off): the loss averages
+            the hardest fraction of the pixels (`lightning_modules.losses.segmentation_loss`).
+        hard_example_mining_step: the official ramp: the kept fraction goes linearly from 1 at step 0 to
+            `top_k_percent_pixels` at this step (0 = no ramp).
+        label_weights: per-class loss weights (official `label_weights`), a list of `num_classes` numbers,
+            or "median_frequency": computed once from the training split's masks and cached beside the data.
+            None = every class weighs 1.
         channels_last: NHWC memory format (with bf16 this about doubles speed on GPUs and AMX CPUs).
         compile: `torch.compile` the network in place (`nn.Module.compile`): state-dict keys stay the same,
             so checkpoints load with or without it; `set_output_stride` changes guarded attributes, so an
@@ -98,6 +112,12 @@ class SegmentationModule(L.LightningModule):
         eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         eval_canvas: int | tuple[int, int] | None = (PAPER_CROP, PAPER_CROP),
+        eval_tile: bool = False,
+        eval_tile_size: int | None = None,
+        eval_tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        top_k_percent_pixels: float = 1.0,
+        hard_example_mining_step: int = 0,
+        label_weights: list[float] | Literal["median_frequency"] | None = None,
         channels_last: bool = False,
         compile: bool = False,
         init_from: str | None = None,
@@ -105,11 +125,18 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
         # `validate --ckpt_path ... --model.eval_scales ...` is not overridden by the checkpoint's values.
-        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip", "eval_canvas"])
+        self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip", "eval_canvas",
+                                          "eval_tile", "eval_tile_size", "eval_tile_overlap"])
         self.net = net
         self.train_output_stride = net.output_stride
         self.eval_protocol = protocol_from(eval_output_stride, eval_scales, eval_flip, eval_canvas).resolve(
             net.output_stride)
+        self.eval_tile, self.eval_tile_size, self.eval_tile_overlap = eval_tile, eval_tile_size, eval_tile_overlap
+        self.eval_tiling: Tiling | None = None  # resolved at setup, where the training crop is known
+        # the loss's class weights: given, or counted from the training split at setup (median_frequency)
+        self.label_weight_values: torch.Tensor | None = None
+        if label_weights is not None and label_weights != "median_frequency":
+            self.label_weight_values = torch.tensor([float(w) for w in label_weights])
         if backbone_bn_momentum == "official":
             backbone_bn_momentum = net.backbone.official_bn_momentum
         backbone_bns = {id(m) for m in net.backbone.modules()}
@@ -144,7 +171,8 @@ class SegmentationModule(L.LightningModule):
 
     # -- data and memory format -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        labels = getattr(getattr(self.trainer, "datamodule", None), "labels", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        labels = getattr(datamodule, "labels", None)
         if labels is not None:
             if labels.num_classes != self.labels.num_classes:
                 raise ValueError(f"the datamodule has {labels.num_classes} classes but the network predicts "
@@ -153,8 +181,20 @@ class SegmentationModule(L.LightningModule):
             self.labels = labels
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.eval_tile:
+            crop = getattr(getattr(datamodule, "hparams", None), "crop_size", None) if datamodule else None
+            self.eval_tiling = Tiling(self.eval_tile_size or crop or PAPER_CROP, self.eval_tile_overlap)
+        if stage == "fit" and self.hparams.label_weights == "median_frequency" and self.label_weight_values is None:
+            weights = median_frequency(datamodule)
+            self.label_weight_values = torch.tensor(weights)
+            rank_zero_info("label_weights (median_frequency): " + ", ".join(
+                f"{name} {w:.3g}" for name, w in zip(self.labels.class_names, weights)))
+            for logger in self.loggers:
+                logger.log_hyperparams({"label_weights_median_frequency": dict(zip(self.labels.class_names, weights))})
+        tiling = {"eval_tile": self.eval_tile, "eval_tile_size": self.eval_tiling.size if self.eval_tiling else None,
+                  "eval_tile_overlap": self.eval_tile_overlap}
         for logger in self.loggers:
-            logger.log_hyperparams({"eval_protocol": self.eval_protocol.as_dict()})
+            logger.log_hyperparams({"eval_protocol": {**self.eval_protocol.as_dict(), **tiling}})
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.net.compile()
             self._compiled = True
@@ -200,10 +240,10 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self.net(images)
-        # a sum over the labelled pixels divided by their count, at least 1: the mean, but 0 (not NaN) for a
-        # batch whose crops hold no labelled pixel (all 255), which would otherwise poison the weights
-        valid = (masks != self.labels.ignore_index).sum().clamp(min=1)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=self.labels.ignore_index, reduction="sum") / valid
+        hp = self.hparams
+        weights = None if self.label_weight_values is None else self.label_weight_values.to(logits.device)
+        loss = segmentation_loss(logits, masks, self.labels.ignore_index, weights, hp.top_k_percent_pixels,
+                                 hp.hard_example_mining_step, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -234,7 +274,8 @@ class SegmentationModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch
-        probs = predict_probabilities(self.net, images, self.eval_protocol)
+        probs = (predict_probabilities(self.net, images, self.eval_protocol) if self.eval_tiling is None else
+                 tiled_probabilities(self.net, images, self.eval_protocol, self.eval_tiling))
         self.eval_loss.update(*pixel_nll(probs, masks, self.labels.ignore_index))
         preds = labels_from(probs)
         self.metrics.update(preds, masks)
@@ -281,4 +322,6 @@ class SegmentationModule(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """N×H×W class indices of a batch of normalised images (or (images, masks) pairs)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return labels_from(predict_probabilities(self.net, images, self.eval_protocol))
+        probs = (predict_probabilities(self.net, images, self.eval_protocol) if self.eval_tiling is None else
+                 tiled_probabilities(self.net, images, self.eval_protocol, self.eval_tiling))
+        return labels_from(probs)

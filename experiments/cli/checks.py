@@ -169,6 +169,10 @@ def check_network(config, explicit: tuple[str, str] | None, classes: int) -> Non
             raise ConfigError(where, f"num_classes {value} was given but the dataset ({config.data.class_path}, "
                                      f"{config.data.init_args.root}) has {classes} classes; the class count comes "
                                      "from the data: drop this setting")
+    weights = config.model.get("label_weights")
+    if weights is not None and weights != "median_frequency" and len(weights) != classes:
+        raise ConfigError("--model.label_weights", f"expected {classes} weights, one per class of the dataset, or "
+                                                   f"median_frequency; got {len(weights)}")
     if config.get("ckpt_path") and Path(config.ckpt_path).is_file():  # not Lightning's "best", "hpc"
         check_checkpoint_fits("--ckpt_path", config.ckpt_path, net)
     init_from = config.model.get("init_from")

@@ -199,6 +199,9 @@ def check_config(config) -> None:
            f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {eval_stride}")
     _check(len(model.eval_scales) > 0 and all(s > 0 for s in model.eval_scales), "--model.eval_scales",
            f"expected one or more scales > 0, got {model.eval_scales}")
+    check_tiling("--model.eval_tile_size", model.get("eval_tile_size"), "--model.eval_tile_overlap",
+                 model.get("eval_tile_overlap", 0.0), eval_stride or net.output_stride)
+    check_loss_switches(model)
     _check(data.batch_size >= 1, "--data.batch_size", f"expected a batch size >= 1, got {data.batch_size}")
     _check(data.val_batch_size >= 1, "--data.val_batch_size", f"expected >= 1, got {data.val_batch_size}")
     _check(data.num_workers >= 0, "--data.num_workers", f"expected >= 0, got {data.num_workers}")
@@ -210,6 +213,26 @@ def check_config(config) -> None:
     _check(not is_voc or data.generate or voc_dir(data.root).is_dir(), "--data.root",
            f"expected a directory holding VOCdevkit/VOC2012, got {data.root} (data.generate: true writes the "
            "generated dataset there if it does not exist)")
+
+
+def check_tiling(size_option: str, size: int | None, overlap_option: str, overlap: float, output_stride: int) -> None:
+    """Sliding-window settings (`--model.eval_tile_size/overlap`, predict's `--tile_size/overlap`)."""
+    _check(size is None or size >= output_stride, size_option,
+           f"expected a window of at least the output stride ({output_stride} px), got {size}")
+    _check(0 <= overlap < 1, overlap_option, f"expected 0 <= overlap < 1 (a fraction of the window), got {overlap}")
+
+
+def check_loss_switches(model) -> None:
+    """The official loss switches; the length of a `label_weights` list is checked against the data's class
+    count in `experiments.cli.checks.check_network`."""
+    p = model.get("top_k_percent_pixels", 1.0)
+    _check(0 < p <= 1, "--model.top_k_percent_pixels", f"expected 0 < p <= 1 (1 = every pixel), got {p}")
+    step = model.get("hard_example_mining_step", 0)
+    _check(step >= 0, "--model.hard_example_mining_step", f"expected a number of steps >= 0 (0 = no ramp), got {step}")
+    weights = model.get("label_weights")
+    if weights is not None and weights != "median_frequency":
+        _check(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "--model.label_weights",
+               f"expected weights >= 0, not all 0, got {list(weights)}")
 
 
 def apply_checkpoint_interval(config) -> None:
