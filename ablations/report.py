@@ -203,7 +203,7 @@ def _trimap_section(plan: Plan, results: list[dict], stem: Path) -> list[str]:
 
     path = plot_trimap(curves, trimap_plot(stem), f"{plan.table.title} ({plan.profile}): mean ± std over seeds",
                        errors)
-    return ["", f"Curves: {path.name}"]
+    return md + ["", f"Curves: {path.name} (mean ± std over seeds against band width)."]
 
 
 def trimap_plot(stem: Path) -> Path:
