@@ -74,6 +74,17 @@ def _max_pool_rows(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool1d(x.reshape(-1, 1, x.shape[-1]), 2 * radius + 1, 1, radius).view(x.shape)
 
 
+def _bincount(x: torch.Tensor, length: int) -> torch.Tensor:
+    """`torch.bincount`, or under `torch.use_deterministic_algorithms` on a GPU (where bincount refuses to run)
+    counts from `unique`, which synchronises with the host but gives the same counts."""
+    if not (x.is_cuda and torch.are_deterministic_algorithms_enabled()):
+        return torch.bincount(x, minlength=length)
+    values, counts = torch.unique(x, return_counts=True)
+    out = torch.zeros(length, dtype=torch.long, device=x.device)
+    out[values] = counts
+    return out
+
+
 class TrimapMetrics(Metric):
     """One confusion matrix per trimap width, each counting only the pixels of its band, updated in the same
     pass as the whole-image matrix and summed across processes at `compute` as it is (a torchmetrics state).
@@ -105,7 +116,7 @@ class TrimapMetrics(Metric):
         narrowest = n - torch.stack(bands).sum(0)  # index of the narrowest band holding the pixel, n if none
         index = (narrowest * c + masks.clamp(max=c - 1)) * c + preds
         index = torch.where(masks != self.ignore_index, index, (n + 1) * c * c)  # unlabelled: one spare bin
-        counts = torch.bincount(index.flatten(), minlength=(n + 1) * c * c + 1)
+        counts = _bincount(index.flatten(), (n + 1) * c * c + 1)
         self.counts += counts[:-1].view(n + 1, c, c)
 
     def compute(self) -> dict[int, torch.Tensor]:

@@ -5,11 +5,13 @@ import csv
 import json
 import math
 
+from PIL import Image
 from scipy import stats
 
 from ablations import report
 from ablations.plan import Plan
 from ablations.runner import main
+from datamodules import synthetic
 from experiments.paper import FIGURE5, TABLE1
 
 
@@ -75,3 +77,43 @@ def test_figure5_report_puts_the_gain_at_the_narrowest_band_beside_the_papers(tm
     assert "| xception65-decoder | 57.00% | +6.50" in md and "| +5.4 |" in md
     assert "carry no other numbers" in md
     assert report.trimap_plot(plan.stem).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure5_smoke_profile_trains_and_draws_the_curves(tmp_path, monkeypatch, capsys):
+    """Two rows (a backbone without and with the decoder), one seed, on a few generated images: the trainings and
+    evaluations run in this process (the process boundary is not what is tested here)."""
+    import subprocess
+
+    from ablations import launch
+    from experiments import train
+
+    run = subprocess.run
+
+    def in_process(cmd, *args, **kwargs):
+        if cmd[1:3] != ["-m", "experiments.train"]:
+            return run(cmd, *args, **kwargs)
+        train.main(cmd[3:])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(launch.subprocess, "run", in_process)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    root = synthetic.generate(tmp_path / "voc", n_voc_train=4, n_voc_val=2, n_sbd_only=2, n_voc_test=0)
+    voc = root / "VOCdevkit" / "VOC2012"
+    for path in [*voc.glob("JPEGImages/*.jpg"), *voc.glob("SegmentationClass/*.png")]:  # 1/6 size: cheap validation
+        with Image.open(path) as image:
+            small = image.resize((image.width // 6, image.height // 6),
+                                 Image.NEAREST if image.mode == "P" else Image.BILINEAR)
+        small.save(path)
+    canvas = tmp_path / "canvas.yaml"  # the smallest aligned canvas holding the small images, not 513×513
+    canvas.write_text("model:\n  eval_canvas: null\n")
+    out = tmp_path / "results"
+    assert main(FIGURE5, ["--profile", "smoke", "--rows", "resnet101-no-decoder,resnet101-decoder",
+                          "--data-root", str(root), "--out", str(out), "--config", str(canvas)]) == 0
+    md = (out / "figure5_trimap-smoke.md").read_text()
+    assert "## Trimap mIoU at the narrowest band (2 px)" in md
+    assert "| resnet101-decoder | " in md and "(interval n/a, n=1) vs resnet101-no-decoder | +4.8 |" in md
+    assert (out / "figure5_trimap-smoke-trimap.png").read_bytes()[:4] == b"\x89PNG"
+    rows = {r["row"]: r for r in csv.DictReader(open(out / "figure5_trimap-smoke.csv"))}
+    assert rows["resnet101-decoder"]["trimap_width"] == "2" and rows["resnet101-decoder"]["trimap_delta"]
+    # each evaluation drew its own curve in its run folder
+    assert len(list((out / "figure5_trimap" / "smoke").glob("eval-*/trimap_validate.png"))) == 2
