@@ -109,11 +109,11 @@ def test_figure5_smoke_profile_trains_and_draws_the_curves(tmp_path, monkeypatch
     out = tmp_path / "results"
     assert main(FIGURE5, ["--profile", "smoke", "--rows", "resnet101-no-decoder,resnet101-decoder",
                           "--data-root", str(root), "--out", str(out), "--config", str(canvas)]) == 0
-    md = (out / "figure5_trimap-smoke.md").read_text()
+    md = (out / "figure5_trimap-smoke+canvas.md").read_text()
     assert "## Trimap mIoU at the narrowest band (2 px)" in md
     assert "| resnet101-decoder | " in md and "(interval n/a, n=1) vs resnet101-no-decoder | +4.8 |" in md
-    assert (out / "figure5_trimap-smoke-trimap.png").read_bytes()[:4] == b"\x89PNG"
-    rows = {r["row"]: r for r in csv.DictReader(open(out / "figure5_trimap-smoke.csv"))}
+    assert (out / "figure5_trimap-smoke+canvas-trimap.png").read_bytes()[:4] == b"\x89PNG"
+    rows = {r["row"]: r for r in csv.DictReader(open(out / "figure5_trimap-smoke+canvas.csv"))}
     assert rows["resnet101-decoder"]["trimap_width"] == "2" and rows["resnet101-decoder"]["trimap_delta"]
     # each evaluation drew its own curve in its run folder
-    assert len(list((out / "figure5_trimap" / "smoke").glob("eval-*/trimap_validate.png"))) == 2
+    assert len(list((out / "figure5_trimap" / "smoke+canvas").glob("eval-*/trimap_validate.png"))) == 2
