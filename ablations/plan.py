@@ -23,7 +23,9 @@ SMOKE_CONFIGS = ("experiments/configs/quickstart.yaml", "experiments/configs/smo
 
 
 def training_key(row: Row) -> str:
-    return hashlib.sha1(json.dumps(row.train, sort_keys=True).encode()).hexdigest()[:8]
+    """Rows with the same training overrides (and the same own config, where a row has one) share a training."""
+    trained = {"config": row.config, **row.train} if row.config else row.train
+    return hashlib.sha1(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def settings_tags(overrides: dict[str, Any]) -> list[str]:
@@ -93,9 +95,9 @@ class Plan:
         """Where the table's results go: results/<table>[-<variant>].{md,csv,png}."""
         return self.out / (self.table.name if self.variant == "paper" else f"{self.table.name}-{self.variant}")
 
-    @property
-    def configs(self) -> list[str]:
-        return [self.table.config, *self.extra_configs, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
+    def configs(self, row: Row) -> list[str]:
+        """The row's config (the table's unless the row names its own), the extra ones, the smoke overlay."""
+        return [self.table.config_of(row), *self.extra_configs, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
 
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]
@@ -129,7 +131,7 @@ class Plan:
         run_dir = self.work / name
         overrides = {**row.train, **self._common(run_dir, f"{self.table.name}/{name}", "train",
                                                  settings_tags(row.train), seed)}
-        return Job("train", name, run_dir, self.configs, to_cli_args(overrides), "last", seed=seed,
+        return Job("train", name, run_dir, self.configs(row), to_cli_args(overrides), "last", seed=seed,
                    processes=self.processes_per_row, gpus=self.gpus_per_row)
 
     def eval_job(self, row: Row, seed: int, training: Job) -> Job:
@@ -141,7 +143,7 @@ class Plan:
         overrides = {**row.train, **row.eval,
                      **self._common(run_dir, f"{self.table.name}/{row.name}/seed{seed}", "eval",
                                     settings_tags({**row.train, **row.eval}), seed, provenance)}
-        return Job("eval", name, run_dir, self.configs, to_cli_args(overrides), str(training.run_dir), row=row.name,
+        return Job("eval", name, run_dir, self.configs(row), to_cli_args(overrides), str(training.run_dir), row=row.name,
                    seed=seed, depends_on=training, gpus=min(self.gpus_per_row, 1))
 
     def jobs(self) -> list[Job]:
@@ -154,7 +156,7 @@ class Plan:
 
     def cost(self, row: Row) -> dict[str, float]:
         """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
-        config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+        config = compose([REPO / c for c in self.configs(row)], {**row.train, **row.eval})
         return protocol_cost(net_kwargs(config), eval_protocol(config))
 
     def describe(self) -> str:
@@ -164,7 +166,7 @@ class Plan:
                  f"{'row':<38} {'training':<10} {'eval':<16} {'paper MAdds':>11} {'ours TF':>10} {'ours plain':>10} "
                  f"{'paper mIoU':>10}"]
         for row in self.table.rows:
-            config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+            config = compose([REPO / c for c in self.configs(row)], {**row.train, **row.eval})
             cost = self.cost(row)
             paper = f"{row.paper_multiply_adds:.2f}B" if row.paper_multiply_adds else "-"
             miou = f"{row.paper_miou:.2f}%" if row.paper_miou else "-"
@@ -173,6 +175,11 @@ class Plan:
                          f"{cost[MULTIPLY_ADDS_TF]:>9.2f}B {cost[MULTIPLY_ADDS]:>9.2f}B {miou:>10}")
             if not row.reproducible:
                 lines.append(f"{'':<38} ↳ not reproducible here: {row.note}")
+        gains = [row for row in self.table.rows if row.paper_trimap_gain is not None]
+        if gains:
+            lines += ["", "Paper (§4.4): trimap mIoU gain at the narrowest band, the figure's only printed numbers:"]
+            lines += [f"  {row.name} − {self.table.baseline_of(row)}: {row.paper_trimap_gain:+.1f} points"
+                      for row in gains]
         n = len(self.seeds)
         lines += ["", "Multiply-Adds at 513×513 for the whole evaluation protocol. TF: counted as tfprof counts the "
                       "official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "

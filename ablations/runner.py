@@ -14,7 +14,7 @@ import argparse
 import os
 import shlex
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from experiments.paper import Table
@@ -85,7 +85,7 @@ def main(table: Table, argv: list[str] | None = None) -> int:
         unknown = set(wanted) - {r.name for r in table.rows}
         if unknown:
             parser.error(f"--rows: unknown rows {sorted(unknown)}; the table has {[r.name for r in table.rows]}")
-        table = Table(table.name, table.title, table.config, [r for r in table.rows if r.name in wanted])
+        table = replace(table, rows=[r for r in table.rows if r.name in wanted])
     settings = Cluster.from_yaml(args.cluster_config) if args.cluster_config else {}
     settings.update({f.name: getattr(args, f.name) for f in fields(Cluster) if getattr(args, f.name) is not None})
     cluster = Cluster(**settings)

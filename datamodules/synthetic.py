@@ -147,8 +147,10 @@ def _write_sbd_mat(path: Path, mask: np.ndarray) -> None:
 
 
 def generate(out: str | Path, seed: int = 0, n_voc_train: int = 30, n_voc_val: int = 16,
-             n_sbd_only: int = 26) -> Path:
-    """Write VOCdevkit/VOC2012 and benchmark_RELEASE/dataset under `out`; returns `out`."""
+             n_sbd_only: int = 26, n_voc_test: int = 4) -> Path:
+    """Write VOCdevkit/VOC2012 and benchmark_RELEASE/dataset under `out`; returns `out`. The VOC `test` split
+    (`ImageSets/Segmentation/test.txt`, ids 2010_*) has images and no masks, as the VOC 2012 test tarball; each
+    image depends only on (seed, id), so the other splits are the same with or without it."""
     out = Path(out)
     voc = out / "VOCdevkit" / "VOC2012"
     sbd = out / "benchmark_RELEASE" / "dataset"
@@ -169,7 +171,12 @@ def generate(out: str | Path, seed: int = 0, n_voc_train: int = 30, n_voc_val: i
         if not image_id.startswith("2008"):
             _write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", image)
             _write_palette_png(voc / "SegmentationClass" / f"{image_id}.png", with_boundary(mask), palette)
+    voc_test = [f"2010_{i:06d}" for i in range(n_voc_test)]
+    for image_id in voc_test:
+        _write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", render(seed, image_id)[0])
     lists = voc / "ImageSets" / "Segmentation"
+    if voc_test:
+        (lists / "test.txt").write_text("".join(f"{i}\n" for i in voc_test))
     (lists / "train.txt").write_text("".join(f"{i}\n" for i in voc_train))
     (lists / "val.txt").write_text("".join(f"{i}\n" for i in voc_val))
     (sbd / "train.txt").write_text("".join(f"{i}\n" for i in sbd_train))

@@ -3,6 +3,7 @@
 Layout under `root` (both can be symlinks to a shared copy):
 
     VOCdevkit/VOC2012/JPEGImages/*.jpg, SegmentationClass/*.png (palette), ImageSets/Segmentation/{train,val}.txt
+    VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt   (optional: the test tarball, images only, for the server)
     VOCdevkit/VOC2012/SegmentationClassAug/*.png   (optional: the widely shared trainaug masks, gray indices)
     benchmark_RELEASE/dataset/{img/*.jpg, cls/*.mat, train.txt, val.txt}   (SBD; `sbd_root` can point elsewhere)
 
@@ -27,6 +28,8 @@ VOC_CLASSES = (
 )
 VOC_LABELS = LabelSpace(VOC_CLASSES, tuple(color_map(NUM_CLASSES)), IGNORE_INDEX)
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)"
+VOC_TEST_URL = ("http://host.robots.ox.ac.uk:8080/ (VOC2012test.tar, after registering with the evaluation "
+                "server; it unpacks into the same VOCdevkit/VOC2012)")
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html (benchmark.tgz)"
 
 
@@ -95,6 +98,28 @@ def list_split(root: str | Path, split: str, sbd_root: str | Path | None = None,
     if strict:
         check_files(samples, listed_in)
     return list(samples.values())
+
+
+def list_test_images(root: str | Path) -> dict[str, Path]:
+    """id → JPEG of the VOC 2012 `test` split (1,456 images, no masks: the evaluation server scores them).
+
+    DatasetError, one line, when the list or an image is missing, or when the listed ids have masks in
+    SegmentationClass: the real test set has none, so such a list is another split (val renamed test.txt)
+    and a server submission of it would score the wrong images."""
+    voc = voc_dir(Path(root))
+    lists = voc / "ImageSets" / "Segmentation"
+    ids = read_ids(lists / "test.txt", f"the VOC 2012 test list (from {VOC_TEST_URL})")
+    images = {i: voc / "JPEGImages" / f"{i}.jpg" for i in ids}
+    missing = [i for i, path in images.items() if not path.is_file()]
+    if missing:
+        raise DatasetError(f"{lists / 'test.txt'}: {len(missing)} listed images missing, e.g. "
+                           f"{images[missing[0]]}; expected the JPEGs of the test tarball ({VOC_TEST_URL})")
+    masked = [i for i in ids if (voc / "SegmentationClass" / f"{i}.png").exists()]
+    if masked:
+        raise DatasetError(f"{lists / 'test.txt'}: {len(masked)} of its {len(ids)} ids have masks in "
+                           f"{voc / 'SegmentationClass'} (e.g. {masked[0]}); the VOC 2012 test set has none — "
+                           "expected the test tarball's list, not a labelled split")
+    return images
 
 
 def decode_sample(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The paper's numbers, in one place: DeepLabV3+ Tables 1, 2, 3 and 5 (PASCAL VOC 2012 val).
+"""The paper's numbers, in one place: DeepLabV3+ Tables 1, 2, 3 and 5 and Figure 5(a) (PASCAL VOC 2012 val),
+and Table 6 (VOC 2012 test, scored by the evaluation server only).
 
 Each row holds its settings — overrides of the table's config for training, and of the evaluation protocol —
 beside the paper's mIoU and Multiply-Adds (billions, 513×513, the whole evaluation protocol, counted by
@@ -27,6 +28,12 @@ class Row:
     paper_multiply_adds: float | None = None  # billions (tfprof, TF graph)
     reproducible: bool = True
     note: str = ""
+    #: a config that replaces the table's for this row (Figure 5: the ResNet-101 and the Xception-65 rows)
+    config: str | None = None
+    #: the row this one's paired deltas are taken against (default: the table's `baseline`)
+    baseline: str | None = None
+    #: the paper's difference to the baseline row in trimap mIoU at the narrowest band (Figure 5: the decoder's gain)
+    paper_trimap_gain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,14 @@ class Table:
     title: str
     config: str
     rows: list[Row]
+    #: the row every other row is compared with, over the seeds both ran (default: the first row)
+    baseline: str | None = None
+
+    def baseline_of(self, row: Row) -> str:
+        return row.baseline or self.baseline or self.rows[0].name
+
+    def config_of(self, row: Row) -> str:
+        return row.config or self.config
 
 
 def net(**kwargs: Any) -> dict[str, Any]:
@@ -151,4 +166,34 @@ TABLE5 = Table(
     ],
 )
 
-TABLES = {table.name: table for table in (TABLE1, TABLE2, TABLE3, TABLE5)}
+#: Figure 5(a) (§4.4): mIoU within a trimap band around object boundaries against the band width, at train
+#: OS = eval OS = 16, each backbone with and without the decoder. The figure's curves carry no printed
+#: values; the text gives only the decoder's gain at the narrowest band (percentage points):
+FIGURE5_GAINS = {"resnet101": 4.8, "xception65": 5.4}
+#: band widths (pixels) of the figure's x-axis, 0 to 40
+FIGURE5_WIDTHS = [2, 5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def _figure5_row(backbone: str, config: str, decoder: bool) -> Row:
+    name = f"{backbone}-{'decoder' if decoder else 'no-decoder'}"
+    gain = f"paper: the decoder adds {FIGURE5_GAINS[backbone]} points at the narrowest band" if decoder else ""
+    return Row(name, net(output_stride=16, decoder="3x3:256,3x3:256" if decoder else "none"),
+               {**evaluation(16), "model.trimap_widths": FIGURE5_WIDTHS}, note=gain, config=config,
+               baseline=f"{backbone}-no-decoder", paper_trimap_gain=FIGURE5_GAINS[backbone] if decoder else None)
+
+
+FIGURE5 = Table(
+    name="figure5_trimap",
+    title="Figure 5(a): mIoU around object boundaries, with and without the decoder (VOC 2012 val, OS 16)",
+    config="experiments/configs/resnet101_os16.yaml",
+    rows=[_figure5_row(backbone, config, decoder)
+          for backbone, config in (("resnet101", "experiments/configs/resnet101_os16.yaml"),
+                                   ("xception65", "experiments/configs/xception65_os16.yaml"))
+          for decoder in (False, True)],
+)
+
+#: Table 6: VOC 2012 test mIoU (%), from the official evaluation server; models trained at OS 8 with frozen BN,
+#: COCO (and JFT) pretrained — `experiments.predict --voc_test` writes the archive the server scores
+TABLE6 = {"DeepLabv3+ (Xception)": 87.8, "DeepLabv3+ (Xception-JFT)": 89.0}
+
+TABLES = {table.name: table for table in (TABLE1, TABLE2, TABLE3, TABLE5, FIGURE5)}

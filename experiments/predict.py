@@ -13,6 +13,13 @@ canvas); a large image is run as it is unless `--tile` scores it window by windo
 crop, or `--tile_size`, overlapping by `--tile_overlap`: memory follows the window, not the image) or
 `--max_side` downscales it (the mask is still written at the image's size). An unreadable file is named in
 a warning and skipped.
+
+    python -m experiments.predict --ckpt_path CKPT --voc_test data/voc --output submission/
+
+`--voc_test ROOT` segments the VOC 2012 test split (ImageSets/Segmentation/test.txt) under the paper's test
+protocol (output stride 8, scales 0.5…1.75, flip, 513 canvas; each flag above overrides its part) into
+OUTPUT/results/VOC2012/Segmentation/comp6_test_cls/<id>.png, packs OUTPUT/results.tar.gz, checks it and says
+where to upload it (`experiments.submission`).
 """
 from __future__ import annotations
 
@@ -28,8 +35,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from datamodules.reading import LabelSpace, read_rgb
+from datamodules import voc
+from datamodules.reading import DatasetError, LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
+from experiments import submission
 from experiments.cli.errors import ConfigError, check_output_path, check_tiling
 from lightning_modules.components.protocol import PAPER_CROP, EvalProtocol
 from lightning_modules.components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, predict_labels, \
@@ -134,17 +143,22 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by experiments.train")
-    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or glob patterns")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    source.add_argument("--voc_test", metavar="ROOT", help="the VOC 2012 test split under ROOT (holding VOCdevkit/): "
+                        "masks and a checked archive for the evaluation server, under the paper's test protocol")
     parser.add_argument("--output", required=True, help="directory for <name>.png (and <name>_overlay.jpg)")
     parser.add_argument("--overlay", action="store_true", help="also write the image with the mask blended in")
     parser.add_argument("--output_stride", type=int, choices=(8, 16, 32), default=None,
-                        help="evaluation output stride (default: the training output stride)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                        help="multi-scale inputs, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
-    parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
+                        help="evaluation output stride (default: the training output stride; 8 with --voc_test)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="multi-scale inputs, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (default: 1.0; those with --voc_test)")
+    parser.add_argument("--flip", action="store_const", const=True, default=None,
+                        help="add left-right flipped inputs (default with --voc_test)")
+    parser.add_argument("--no_flip", dest="flip", action="store_const", const=False, help="no flipped inputs")
     parser.add_argument("--canvas", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="smallest evaluation canvas (official: 513 513 for VOC, 1025 2049 for Cityscapes); "
-                             "default: the smallest aligned canvas holding the image")
+                             "default: the smallest aligned canvas holding the image; 513 513 with --voc_test")
     parser.add_argument("--max_side", type=int, default=None,
                         help="downscale images whose longer side is larger than this for the network (default: never)")
     parser.add_argument("--tile", action="store_true",
@@ -156,11 +170,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=4, help="images of one size run together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    protocol_defaults = submission.TEST_PROTOCOL if args.voc_test else {"scales": [1.0], "flip": False}
+    for name, value in protocol_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
-    paths, skipped = list_inputs(args.input)
+    test_images: dict[str, Path] = {}
+    paths, skipped = ([], []) if args.voc_test else list_inputs(args.input)
     try:  # the paths first: nothing is loaded or written for a run that cannot finish
         check_output_path("--output", args.output, directory=True)
-        if not paths:
+        if args.voc_test:
+            if args.overlay:
+                raise ConfigError("--overlay", "not with --voc_test: the archive must hold the masks only")
+            try:
+                test_images = voc.list_test_images(args.voc_test)
+            except DatasetError as e:
+                raise ConfigError("--voc_test", str(e)) from None
+            paths = list(test_images.values())
+        elif not paths:
             raise ConfigError("--input", f"expected image files, folders or glob patterns; {'; '.join(skipped)}")
         if args.tile and args.max_side:
             raise ConfigError("--max_side", "expected without --tile (tiling scores the image at full resolution)")
@@ -174,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     net.set_output_stride(protocol.output_stride)
-    out = Path(args.output)
+    out = Path(args.output) / submission.RESULTS_DIR if args.voc_test else Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(paths)
     written, hinted = 0, False
@@ -196,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: skipped {problem}", file=sys.stderr)
     how = protocol.describe() + (f", {tiling.describe()}" if tiling else "")
     print(f"wrote {written} masks to {out} ({how}); skipped {len(skipped)} unreadable inputs")
+    if args.voc_test:
+        archive = submission.write_archive(Path(args.output))
+        problems = submission.check_archive(archive, test_images, net.labels.num_classes)
+        for problem in problems:
+            print(f"error: {archive}: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        print(submission.upload_instructions(archive, len(test_images)))
     return 0 if written or not skipped else 1
 
 

@@ -22,7 +22,7 @@ from .components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, pix
     tiled_probabilities
 from .class_balance import median_frequency
 from .losses import segmentation_loss
-from .metrics import SegmentationMetrics
+from .metrics import SegmentationMetrics, TrimapMetrics
 from .pretrained import load_network_weights
 
 
@@ -87,6 +87,8 @@ class SegmentationModule(L.LightningModule):
         compile: `torch.compile` the network in place (`nn.Module.compile`): state-dict keys stay the same,
             so checkpoints load with or without it; `set_output_stride` changes guarded attributes, so an
             evaluation at another output stride recompiles instead of running stale code.
+        trimap_widths: band widths (pixels) of the trimap mIoU, `{stage}/trimap_mIoU/<w>`: mIoU counted only
+            within w pixels of a label change (paper §4.4, Figure 5; `metrics.trimap_bands`); empty = off.
         init_from: fine-tune: a checkpoint (or saved state dict) whose network weights initialise `net` —
             no optimizer, step or loop state; tensors whose shape differs (another dataset's classifier)
             keep their fresh initialisation, and one log line names them.
@@ -121,12 +123,13 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         init_from: str | None = None,
+        trimap_widths: Sequence[int] = (),
     ) -> None:
         super().__init__()
         # The evaluation protocol is not a training hyperparameter: left out of the checkpoint, so that
         # `validate --ckpt_path ... --model.eval_scales ...` is not overridden by the checkpoint's values.
         self.save_hyperparameters(ignore=["net", "eval_output_stride", "eval_scales", "eval_flip", "eval_canvas",
-                                          "eval_tile", "eval_tile_size", "eval_tile_overlap"])
+                                          "eval_tile", "eval_tile_size", "eval_tile_overlap", "trimap_widths"])
         self.net = net
         self.train_output_stride = net.output_stride
         self.eval_protocol = protocol_from(eval_output_stride, eval_scales, eval_flip, eval_canvas).resolve(
@@ -151,6 +154,7 @@ class SegmentationModule(L.LightningModule):
         num_classes = self.net.classifier.out_channels
         self.labels = LabelSpace(tuple(f"class_{i}" for i in range(num_classes)))
         self.metrics = SegmentationMetrics(num_classes, self.labels.ignore_index)
+        self.trimap = TrimapMetrics(trimap_widths, num_classes, self.labels.ignore_index)
         # `{stage}/loss`: mean over every labelled pixel of the evaluation set, reduced across processes once
         # at the end (a `self.log` per step would reduce every step); inputs are finite (no NaN check: a sync)
         self.eval_loss = MeanMetric(nan_strategy="disable")
@@ -270,6 +274,7 @@ class SegmentationModule(L.LightningModule):
     def _eval_epoch_start(self) -> None:
         self.net.set_output_stride(self.eval_protocol.output_stride)
         self.metrics.reset()
+        self.trimap.reset()
         self.eval_loss.reset()
 
     def _eval_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
@@ -279,6 +284,7 @@ class SegmentationModule(L.LightningModule):
         self.eval_loss.update(*pixel_nll(probs, masks, self.labels.ignore_index))
         preds = labels_from(probs)
         self.metrics.update(preds, masks)
+        self.trimap.update(preds, masks)
         return {"preds": preds}
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -292,6 +298,8 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", accuracy)
+        for width, band in self.trimap.compute().items():
+            self.log(f"{stage}/trimap_mIoU/{width}", TrimapMetrics.miou(band, confmat).float())
         for name, iou in zip(self.labels.class_names, scores["iou"]):
             if not torch.isnan(iou):
                 self.log(f"{stage}/iou/{name}", iou.float())

@@ -76,6 +76,32 @@ def plot_confusion_matrix(confmat: np.ndarray, class_names: list[str], path: str
     return _save(fig, plt, path)
 
 
+def trimap_curve(metrics: dict[str, float], prefix: str = "val") -> list[tuple[int, float]]:
+    """(band width, mIoU in %) of a run's `<prefix>/trimap_mIoU/<w>` metrics, narrowest first."""
+    head = f"{prefix}/trimap_mIoU/"
+    return sorted((int(key[len(head):]), 100 * value) for key, value in metrics.items()
+                  if key.startswith(head) and key[len(head):].isdigit())
+
+
+def plot_trimap(curves: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "",
+                errors: dict[str, list[float]] | None = None) -> Path:
+    """mIoU against trimap band width, one curve per label (paper Figure 5(a)); `errors`: a ± bar per point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for label, points in curves.items():
+        if points:
+            widths, values = zip(*points)
+            ax.errorbar(widths, values, yerr=(errors or {}).get(label), marker="o", markersize=3, capsize=3,
+                        label=label)
+    ax.set_xlabel("trimap width (pixels)")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "mIoU within the band around label changes", fontsize=9)
+    if len(curves) > 1:
+        ax.legend(fontsize="small")
+    return _save(fig, plt, path)
+
+
 def _save(fig, plt, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

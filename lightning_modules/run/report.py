@@ -6,11 +6,15 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
-from .plots import plot_confusion_matrix, plot_curves
+from .plots import plot_confusion_matrix, plot_curves, plot_trimap, trimap_curve
 from .record import RunRecord
 from .summary import format_table, read_stage
 
 CURVES_FILE = "curves.png"
+
+
+def trimap_file(stage: str) -> str:
+    return f"trimap_{stage}.png"
 
 
 def confusion_matrix_file(stage: str) -> str:
@@ -20,7 +24,8 @@ def confusion_matrix_file(stage: str) -> str:
 class RunReport(L.Callback):
     """Prints the stage's table (mIoU, pixel accuracy, best checkpoint, images/s, best and worst classes) and
     writes `curves.png` (train loss, val mIoU, LR against step) and `confusion_matrix_<stage>.png`
-    (the last evaluation's, row-normalised) into the run folder.
+    (the last evaluation's, row-normalised) into the run folder, and with `model.trimap_widths`
+    `trimap_<stage>.png` (mIoU against trimap band width, paper Figure 5(a)), also logged to W&B.
 
     Everything is read back from the run record (`metrics.jsonl`, `results.json`), which `RunRecord` has
     written by then (it is the first callback): the table is the one `experiments.summary` prints.
@@ -55,6 +60,14 @@ class RunReport(L.Callback):
                                                   run_dir / confusion_matrix_file(stage),
                                                   f"{summary.prefix} confusion matrix, step {trainer.global_step} "
                                                   "(rows sum to 1)"))
+        trimap = trimap_curve(summary.metrics, summary.prefix)
+        if trimap:
+            path = plot_trimap({f"step {summary.step}": trimap}, run_dir / trimap_file(stage),
+                               f"{summary.prefix} mIoU within w pixels of a label change")
+            pictures.append(path)
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):  # W&B: the curve as a picture beside the run's charts
+                    logger.log_image(f"{summary.prefix}/trimap_mIoU_curve", [str(path)], step=trainer.global_step)
         print(f"\n{format_table([summary])}")
         if pictures:
             print("pictures: " + ", ".join(str(p) for p in pictures))
