@@ -62,7 +62,7 @@ def test_a_diverging_run_stops_and_resumes_from_its_last_finite_state(voc_root, 
     assert match and "--model.lr 1000000.0" in errors[0] and "--trainer.precision bf16-mixed" in errors[0], errors
     assert "--ckpt_path last" in errors[0]
     diverged = int(match.group(1))
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = next(run_dir.rglob("last.ckpt"))
     saved = read_step(last)
     assert 1 <= saved <= diverged and not list(run_dir.rglob("best-*.ckpt"))
     state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
@@ -157,8 +157,8 @@ def test_a_changed_resume_is_refused_unless_applied_and_train_longer_trains(voc_
     train.main(args)
     records = (run_dir / "metrics.jsonl").read_text()
     longer = ["fit", *tiny_args(voc_root, run_dir, 4, **{"trainer.limit_val_batches": "1"}), "--ckpt_path=last"]
+    last = next(run_dir.rglob("last.ckpt"))
     code, errors = _refused([*longer, "--model.lr=0.1", "--data.crop_size=33"], capfd)
-    last = run_dir / "checkpoints" / "last.ckpt"
     assert code == 2 and errors == [
         f"error: --ckpt_path: {last}: this resume changes the run: trainer.max_steps 2 -> 4; model.lr 0.02 -> 0.1; "
         "data.crop_size 65 -> 33; expected the settings the checkpoint was trained with (its run's config.yaml), "
