@@ -283,8 +283,8 @@ class SegmentationModule(L.LightningModule):
         scores = SegmentationMetrics.scores(confmat)
         loss = self.eval_loss.compute()
         if not torch.isfinite(loss):  # said, not hidden: the network's outputs are NaN or inf
-            rank_zero_warn(f"{stage}/loss is {loss.item()} at step {self.global_step}: the network's outputs are "
-                           "not finite (diverged weights?); its scores below mean nothing")
+            rank_zero_warn(f"{stage}/loss is {loss.item()}: the network's outputs are not finite (diverged "
+                           "weights?); its scores mean nothing")
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", scores["pixel_accuracy"].float())

@@ -48,7 +48,7 @@ def _lr(run_dir, step: int) -> float:
                 if r["step"] == step and "lr-SGD/decay" in r["metrics"])
 
 
-def test_a_diverging_run_stops_and_resumes_from_its_last_finite_state(voc_root, tmp_path, capfd, recwarn):
+def test_a_diverging_run_stops_and_keeps_its_last_finite_state(voc_root, tmp_path, capfd, recwarn):
     """`--model.lr 1e6`: one line naming the step and the likely causes, exit 1, no checkpoint after the first
     non-finite step (every tensor of last.ckpt finite, no best: `--ckpt_path last` resumes from the last finite
     state). A validation of non-finite weights says its loss is not finite."""
@@ -74,7 +74,7 @@ def test_a_diverging_run_stops_and_resumes_from_its_last_finite_state(voc_root, 
     train.main(["validate", *tiny_args(voc_root, tmp_path / "eval", 4, **{"trainer.limit_val_batches": "1"}),
                 f"--ckpt_path={poisoned}"])
     output = capfd.readouterr().err + "\n".join(str(w.message) for w in recwarn)
-    assert re.search(rf"val/loss is nan at step {saved}: the network's outputs are not finite", output), output[-2000:]
+    assert re.search(r"val/loss is nan: the network's outputs are not finite", output), output[-2000:]
 
 
 def test_a_fresh_fit_into_another_runs_folder_is_refused_before_anything_is_written(voc_root, tmp_path, capfd):
