@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.aggregation import MeanMetric
 
 from datamodules.dataset import sample_seed
@@ -230,6 +231,14 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "labels" in checkpoint:
             self.labels = LabelSpace(**checkpoint["labels"])
+        if self._fitting():
+            self._apply_schedule_changes(checkpoint)
+
+    def _fitting(self) -> bool:
+        try:
+            return self.trainer.state.fn == "fit"
+        except RuntimeError:  # not attached to a trainer (load_from_checkpoint)
+            return False
 
     # -- training -----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -251,24 +260,57 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def _group_settings(self) -> dict[str, dict[str, float]]:
+        """Learning rate and weight decay of each parameter group (official multipliers and regularisers)."""
+        hp = self.hparams
+        return {
+            "decay": {"lr": hp.lr, "weight_decay": hp.weight_decay},
+            "no_decay": {"lr": hp.lr, "weight_decay": 0.0},
+            "bias": {"lr": hp.lr * hp.bias_lr_multiplier,
+                     "weight_decay": hp.weight_decay if hp.weight_decay_params == "all" else 0.0},
+        }
+
+    def _schedule_length(self) -> int:
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+
     def configure_optimizers(self):
         hp = self.hparams
         decay = decayed_parameters(self.net, hp.weight_decay_params)
         biases = {id(m.bias) for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None}
-        groups: dict[str, dict] = {
-            "decay": {"params": [], "weight_decay": hp.weight_decay, "lr": hp.lr},
-            "no_decay": {"params": [], "weight_decay": 0.0, "lr": hp.lr},
-            "bias": {"params": [], "weight_decay": hp.weight_decay if hp.weight_decay_params == "all" else 0.0,
-                     "lr": hp.lr * hp.bias_lr_multiplier},
-        }
+        groups: dict[str, dict] = {name: {"params": [], **settings} for name, settings in self._group_settings().items()}
         for p in self.net.parameters():
             if p.requires_grad:
                 groups["bias" if id(p) in biases else "decay" if id(p) in decay else "no_decay"]["params"].append(p)
         optimizer = torch.optim.SGD([{"name": name, **group} for name, group in groups.items() if group["params"]],
                                     lr=hp.lr, momentum=hp.momentum, foreach=True)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        scheduler = PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
+        scheduler = PolynomialLR(optimizer, total_iters=self._schedule_length(), power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _apply_schedule_changes(self, checkpoint: dict) -> None:
+        """A resume whose learning rate, momentum, weight decay, poly power or `max_steps` differ from the
+        checkpoint's (allowed by `--resume_changes apply`) uses the new values: Lightning would otherwise
+        restore the checkpoint's optimizer and scheduler state over them. From the checkpoint's step t0 on, the
+        LR follows the curve the new config describes, lr(t) = lr_new · (1 − t/T_new)^power (docs/resuming.md):
+        "train longer" continues at lr·(1 − t0/T_new)^power instead of 0. Unchanged settings change nothing
+        (the restored state resumes exactly)."""
+        optimizers, schedulers = checkpoint.get("optimizer_states"), checkpoint.get("lr_schedulers")
+        if not optimizers or not schedulers or len(optimizers) != 1:
+            return
+        groups, state, wanted = optimizers[0]["param_groups"], schedulers[0], self._group_settings()
+        if not all(g.get("name") in wanted for g in groups) or "total_iters" not in state:
+            return  # not this module's optimizer
+        hp, total = self.hparams, self._schedule_length()
+        changed = state["total_iters"] != total or state.get("power") != hp.poly_power or any(
+            g["initial_lr"] != wanted[g["name"]]["lr"] or g["weight_decay"] != wanted[g["name"]]["weight_decay"]
+            or g["momentum"] != hp.momentum for g in groups)
+        if not changed:
+            return
+        factor = (1.0 - min(state["last_epoch"], total) / total) ** hp.poly_power
+        for g in groups:
+            g.update(initial_lr=wanted[g["name"]]["lr"], lr=wanted[g["name"]]["lr"] * factor,
+                     weight_decay=wanted[g["name"]]["weight_decay"], momentum=hp.momentum)
+        state.update(total_iters=total, power=hp.poly_power, base_lrs=[g["initial_lr"] for g in groups],
+                     _last_lr=[g["lr"] for g in groups])
 
     # -- evaluation (validate, test and evaluation from a checkpoint share this path) ----------------
     def _eval_epoch_start(self) -> None:
@@ -295,6 +337,9 @@ class SegmentationModule(L.LightningModule):
             rank_zero_warn(f"{stage}: no labelled pixel in the {stage} images scored: mIoU, pixel accuracy and "
                            "loss are undefined (logged as NaN, not 0)")
             loss, accuracy = torch.full_like(loss, float("nan")), torch.full_like(accuracy, float("nan"))
+        elif not torch.isfinite(loss):  # said, not hidden: the network's outputs are NaN or inf
+            rank_zero_warn(f"{stage}/loss is {loss.item()}: the network's outputs are not finite (diverged "
+                           "weights?); its scores mean nothing")
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/mIoU", scores["mIoU"].float())
         self.log(f"{stage}/pixel_accuracy", accuracy)

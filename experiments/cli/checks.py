@@ -12,12 +12,17 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from datamodules.base import SegmentationDataModule
 from datamodules.voc import DatasetError
 from experiments.cli.errors import ConfigError, check_output_path, dotted_items
-from lightning_modules.run.checkpoints import CheckpointError
+from lightning_modules.run.checkpoints import CheckpointError, checkpoints
+from lightning_modules.run.record import METRICS_FILE, RESULTS_FILE
+from lightning_modules.run.settings import checkpoint_settings, differences, run_settings
+from lightning_modules.run.wandb_logger import RUN_ID_FILE
 from lightning_modules.components.backbones import fetch_weights
 from lightning_modules.pretrained import mismatched_settings, read_net_config
 from lightning_modules.run.wandb_logger import has_wandb_credentials
@@ -191,3 +196,38 @@ def check_weights(config) -> None:
         fetch_weights(net.backbone, net.weights)
     except ValueError as e:
         raise ConfigError("--model.net.init_args.weights", str(e)) from None
+
+
+#: what a run leaves in its directory besides checkpoints: records a fresh run would splice into its own
+RUN_FILES = (METRICS_FILE, RESULTS_FILE, RUN_ID_FILE)
+
+
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """A fresh `fit` (no `--ckpt_path`) needs a directory without another run's checkpoints or records: it
+    would reuse that run's W&B id, checkpoints and metrics.jsonl, and a later `--ckpt_path last` could resume
+    the other run. A SLURM requeue resumes its own `hpc_ckpt_*.ckpt` by itself (Lightning), and is let through."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    ckpts = checkpoints(run_dir) if run_dir.is_dir() else []
+    if SLURMEnvironment.detect() and any(p.name.startswith("hpc_ckpt_") for p in ckpts):
+        return
+    if ckpts:
+        found.insert(0, f"{len(ckpts)} checkpoint{'s' if len(ckpts) > 1 else ''}")
+    if found:
+        raise ConfigError("--trainer.logger.init_args.save_dir",
+                          f"{run_dir} holds another run ({', '.join(found)}); expected a new or empty folder for "
+                          "a fresh fit: resume that run with --ckpt_path last, or choose another folder")
+
+
+def resume_differences(config, ckpt_path: str) -> dict[str, tuple]:
+    """{setting: (checkpoint's, config's)} where resuming `ckpt_path` with this `fit` config would change the
+    run. With `--resume_changes refuse` (the default) a difference is a ConfigError listing each one."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    differ = differences(checkpoint_settings(checkpoint), run_settings(config.as_dict()))
+    if differ and config.get("resume_changes", "refuse") != "apply":
+        listed = "; ".join(f"{k} {a} -> {b}" for k, (a, b) in differ.items())
+        raise ConfigError("--ckpt_path", f"{ckpt_path}: this resume changes the run: {listed}; expected the "
+                                         "settings the checkpoint was trained with (its run's config.yaml), or "
+                                         f"--resume_changes apply to change them from step "
+                                         f"{checkpoint.get('global_step')} on")
+    return differ

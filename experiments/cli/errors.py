@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from datamodules.voc import DatasetError, voc_dir
 from lightning_modules.run.checkpoints import CheckpointError, DiskFullError
+from lightning_modules.run.divergence import DivergenceError
 from lightning_modules.run.lock import RunInUseError
 from lightning_modules.run.record import RunFileError
 from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
         super().__init__(f"{option}: {expected}")
 
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DiskFullError, RunFileError, RunInUseError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DiskFullError, RunFileError, RunInUseError, DivergenceError)
 
 
 def one_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.plugins import CheckpointIO
@@ -18,15 +18,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.base import SegmentationDataModule
-from experiments.cli.checks import (check_evaluation_split, check_network, check_run_folder, check_shared_memory,
-                                    check_training_split, check_wandb_mode, check_weights, datamodule,
-                                    explicit_num_classes)
+from experiments.cli.checks import (check_evaluation_split, check_fresh_run_dir, check_network, check_run_folder,
+                                    check_shared_memory, check_training_split, check_wandb_mode, check_weights,
+                                    datamodule, explicit_num_classes, resume_differences)
 from experiments.cli.errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
                                      check_config, config_files, locate_in_config_files, one_line)
 from lightning_modules.run.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_modules.run import lock as run_lock
 from lightning_modules.run.preemption import STOP_STATUS, Preemption
 from lightning_modules.run.record import RunRecord
+from lightning_modules.run.settings import CHANGES_KEY, SETTINGS_KEY, run_settings
 from lightning_modules.segmentation import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,9 +60,31 @@ def run_metadata() -> dict:
 class LogConfigCallback(SaveConfigCallback):
     """Writes config.yaml to the run directory and puts the resolved config + metadata in the W&B run."""
 
+    #: {setting: (checkpoint's, config's)} a resume with `--resume_changes apply` changes (set by the CLI)
+    resume_changes: dict[str, tuple] = {}
+    #: every deliberate change of the run so far: [{"step", "changes": {setting: {"old", "new"}}}]
+    changes: list[dict] = []
+
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": self.config.as_dict(), **run_metadata()})
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # what a resume is compared with (experiments.cli.checks.resume_differences)
+        checkpoint[SETTINGS_KEY] = run_settings(self.config.as_dict())
+        checkpoint[CHANGES_KEY] = self.changes
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """The run's record keeps the old and the new value of each deliberate change, with its step."""
+        self.changes = list(checkpoint.get(CHANGES_KEY, []))
+        if self.resume_changes:
+            self.changes.append({"step": checkpoint["global_step"], "changes": {
+                k: {"old": old, "new": new} for k, (old, new) in self.resume_changes.items()}})
+            rank_zero_info(f"Resumed at step {checkpoint['global_step']} with changed settings: " + "; ".join(
+                f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items()))
+        if self.changes:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({CHANGES_KEY: self.changes})
 
 
 def gpu_run(accelerator) -> bool:
@@ -83,6 +106,9 @@ class TrainCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
         parser.add_argument("--checkpoint_every_n_train_steps", type=int | None, default=None,
                             help="Save the periodic checkpoint every N steps (sets StepCheckpoint's interval)")
+        parser.add_argument("--resume_changes", type=Literal["refuse", "apply"], default="refuse",
+                            help="A resume (--ckpt_path) whose optimiser, schedule, data or network settings differ "
+                                 "from its checkpoint's: refuse (list them), or apply them from the current step")
         parser.add_argument("--checkpoint_train_time_interval", type=str | None, default=None,
                             help="Save the periodic checkpoint every H:MM:SS of training instead")
 
@@ -102,9 +128,15 @@ class TrainCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path != "last":  # before LightningCLI reads its hyperparameters
             config.ckpt_path = resolve_ckpt_path(ckpt_path, ".")  # a run directory → its newest checkpoint
+        # LightningCLI then puts a checkpoint's model hyperparameters over the command line's: a resumed `fit`
+        # keeps the model config as given, and a difference from the checkpoint is refused or applied
+        # (`--resume_changes`), never silently dropped
+        self.given_model = config.model.clone() if self.config.get("subcommand") == "fit" else None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if getattr(self, "given_model", None) is not None:
+            config.model = self.given_model
         check_config(config)
         apply_checkpoint_interval(config)
         logger = config.trainer.logger
@@ -119,6 +151,7 @@ class TrainCLI(LightningCLI):
             # PyTorch's SyncBatchNorm runs only on GPUs (DDP refuses it on CPU modules)
             rank_zero_info("trainer.sync_batchnorm is GPU-only in PyTorch: off for this CPU run")
             config.trainer.sync_batchnorm = False
+        fresh = self.subcommand == "fit" and not config.get("ckpt_path")
         if config.get("ckpt_path") == "last":
             config.ckpt_path = resolve_ckpt_path(config.ckpt_path, config.trainer.default_root_dir)
             if config.ckpt_path is None and self.subcommand != "fit":
@@ -132,6 +165,11 @@ class TrainCLI(LightningCLI):
         check_weights(config)
         check_run_folder(config)
         check_wandb_mode(config)
+        if fresh and logger and config.trainer.default_root_dir:
+            check_fresh_run_dir(config.trainer.default_root_dir)
+        self.resume_changes = {}
+        if self.subcommand == "fit" and config.get("ckpt_path") and Path(config.ckpt_path).is_file():
+            self.resume_changes = resume_differences(config, config.ckpt_path)
         if logger and config.trainer.default_root_dir:  # last: nothing is created before the checks above
             self.run_lock = run_lock.acquire(config.trainer.default_root_dir)
 
@@ -147,6 +185,9 @@ class TrainCLI(LightningCLI):
             record = RunRecord(trainer.default_root_dir, resume_from=ckpt_path)
             trainer.loggers = [*trainer.loggers, record]
             trainer.callbacks.insert(0, record)  # first: it rewinds the record before anything is logged
+        for callback in trainer.callbacks:
+            if isinstance(callback, LogConfigCallback):
+                callback.resume_changes = getattr(self, "resume_changes", {})
         return trainer
 
 

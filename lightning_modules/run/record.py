@@ -5,7 +5,7 @@ These files, not W&B, are what other tools read back (the ablation runner, tests
 
     metrics.jsonl   one line per logging point: {"step": trainer step, "stage": ..., "metrics": {name: float}}
     results.json    {"fit" | "validate" | "test": {"metrics", "step", "checkpoint", "wandb_run_id",
-                     "git_commit", "config", "metadata", "finished"}}
+                     "git_commit", "config", "config_changes", "metadata", "finished"}}
 """
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ class RunRecord(Logger, L.Callback):
                 metrics.update(record["metrics"])
         metrics.update(scalars(dict(trainer.callback_metrics)))
         config = self.hyperparams.get("config", {})
-        metadata = {k: v for k, v in self.hyperparams.items() if k != "config"}
+        metadata = {k: v for k, v in self.hyperparams.items() if k not in ("config", "config_changes")}
         reached_max = stage != "fit" or trainer.max_steps <= 0 or trainer.global_step >= trainer.max_steps
         entry = {
             "finished": reached_max and not trainer.interrupted,  # a requeued SLURM job stops early
@@ -231,6 +231,7 @@ class RunRecord(Logger, L.Callback):
             "wandb_run_id": wandb_id,
             "git_commit": metadata.get("git_commit"),
             "config": config,
+            "config_changes": self.hyperparams.get("config_changes", []),  # deliberate changes on resume
             "metadata": metadata,
         }
         self._write_result(stage, entry)
