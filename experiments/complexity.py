@@ -14,17 +14,19 @@ import argparse
 import json
 import sys
 
-from experiments.config import compose, eval_protocol, net_kwargs
+from experiments.cli.overrides import to_cli_args
+from experiments.cli.parse_only import config_reader, eval_protocol, net_kwargs
 from experiments.paper import TABLE3, TABLE5, Table
 from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, network_parameters,
                                                      protocol_cost, protocol_multiply_adds)
 
 
-def config_cost(config: dict) -> dict:
-    """Backbone, evaluation protocol, parameters (millions) and both Multiply-Adds counts (billions)."""
+def config_cost(config) -> dict:
+    """`config`: as `experiments.train fit` parses it (`experiments.cli.parse_only`).
+    Backbone, evaluation protocol, parameters (millions) and both Multiply-Adds counts (billions)."""
     net, protocol = net_kwargs(config), eval_protocol(config)
     cost = protocol_cost(net, protocol)
-    return {"backbone": net.get("backbone", "resnet101"), **protocol.as_dict(),
+    return {"backbone": net["backbone"], **protocol.as_dict(),
             "parameters_millions": cost[PARAMETERS], "multiply_adds_billions": cost[MULTIPLY_ADDS],
             "multiply_adds_tf_billions": cost[MULTIPLY_ADDS_TF]}
 
@@ -37,7 +39,7 @@ def table_rows(table: Table, explain_layout: bool = False) -> list[dict]:
     """
     rows = []
     for index, row in enumerate(table.rows, start=1):
-        config = compose([table.config], {**row.train, **row.eval})
+        config = config_reader().parse([table.config], to_cli_args({**row.train, **row.eval}))
         cost, paper = config_cost(config), row.paper_multiply_adds
         entry = {"table": table.name.split("_")[0], "index": index, "row": row.name, "paper_mIoU": row.paper_miou,
                  "paper_multiply_adds_billions": paper,
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.config:
-        result = config_cost(compose(args.config))
+        result = config_cost(config_reader().parse(args.config))
         if args.json:
             print(json.dumps(result, indent=1))
         else:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.complexity import main, multi_scale_factor, table_rows
-from experiments.config import compose, eval_protocol
+from experiments.cli.overrides import to_cli_args
+from experiments.cli.parse_only import config_reader, eval_protocol, net_kwargs
 from experiments.paper import RESNET_MULTI_GRID, TABLE3, TABLE5
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.complexity import (build_on_meta, count_multiply_adds, protocol_cost,
@@ -111,13 +112,23 @@ def test_protocol_scales_flip_and_canvas():
     assert bigger / cost["speed/multiply_adds"] == pytest.approx((769 / 513) ** 2, rel=0.05)
 
 
+def parse(configs: list[str], overrides: dict) -> object:
+    return config_reader().parse([ROOT / c for c in configs], to_cli_args(overrides))
+
+
 def test_config_eval_protocol_reads_the_canvas():
-    config = compose([ROOT / "experiments/configs/xception65_os16.yaml"], {"model.eval_output_stride": 8})
+    """The cost counter's config is the training CLI's parse: SegmentationModule's defaults (eval_flip, the
+    scales) and DeepLabV3Plus's (atrous rates) come from their signatures, the class count from the data."""
+    config = parse(["experiments/configs/xception65_os16.yaml"], {"model.eval_output_stride": 8})
     assert eval_protocol(config) == EvalProtocol(8, (1.0,), False, (513, 513))
-    config = compose([], {"model.eval_canvas": [769, 1025], "model.eval_scales": list(MS_SCALES)})
+    net = net_kwargs(config)
+    assert net["backbone"] == "xception65" and net["atrous_rates"] == [6, 12, 18] and net["num_classes"] == 21
+    config = parse([], {"model.eval_canvas": [769, 1025], "model.eval_scales": list(MS_SCALES)})
     assert eval_protocol(config) == EvalProtocol(16, MS_SCALES, False, (769, 1025))
+    config = parse(["experiments/configs/cityscapes_xception65_os16.yaml"], {})
+    assert net_kwargs(config)["num_classes"] == 19  # linked from the datamodule, as fit links it
     with pytest.raises(ValueError, match=r"eval canvas \[500, 500\] is not aligned for output stride 16"):
-        eval_protocol(compose([], {"model.eval_canvas": [500, 500]}))
+        eval_protocol(parse([], {"model.eval_canvas": [500, 500]}))
 
 
 def test_complexity_command_prints_both_counts(capsys):
