@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from datamodules.reading import LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
-from experiments.cli.errors import ConfigError, check_output_path
+from experiments.cli.checks import check_output_path
+from experiments.cli.errors import ConfigError
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.components.inference import labels_from, predict_probabilities
 from lightning_modules.pretrained import load_model
