@@ -1,7 +1,7 @@
 """Parameters and Multiply-Adds of a configuration at 513×513, evaluation protocol included, counted two ways.
 
     python -m experiments.complexity --config experiments/configs/resnet101_os16.yaml [--json]
-    python -m experiments.complexity --paper-tables [--json]   # every row of Tables 3 and 5 vs the paper
+    python -m experiments.complexity --paper_tables [--json]   # every row of Tables 3 and 5 vs the paper
 
 `_tf` (TF-graph count): as tfprof counts the official TF graph, every atrous conv on its space-to-batch
 padding — the paper's convention, the one to compare with its tables. No suffix (plain count): what this
@@ -19,6 +19,7 @@ from experiments.cli.parse_only import config_reader, eval_protocol, net_kwargs
 from experiments.paper import TABLE3, TABLE5, Table
 from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, network_parameters,
                                                      protocol_cost, protocol_multiply_adds)
+from experiments.cli.flags import add_flag
 
 
 def config_cost(config) -> dict:
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--config", action="append", help="YAML config(s) over base.yaml, as for experiments.train")
-    what.add_argument("--paper-tables", action="store_true", help="every row of the paper's Tables 3 and 5")
+    add_flag(what, "--paper_tables", "--paper-tables", action="store_true",
+             help="every row of the paper's Tables 3 and 5")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.config:
