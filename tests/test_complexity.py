@@ -2,7 +2,6 @@
 count, against the paper's Tables 3 and 5; the paper's numbers in one module that `experiments` owns."""
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from lightning_modules.components.protocol import MS_SCALES, EvalProtocol, scale
 from conftest import ROOT
 
 PAPER_MS_FACTOR = 2435.37 / 276.18  # Table 3, eval OS8: 8.818
-PROJECT_PACKAGES = {"ablations", "datamodules", "experiments", "lightning_modules"}
 
 
 def tf_atrous_conv(x: torch.Tensor, weight: torch.Tensor, rate: int, groups: int) -> tuple[torch.Tensor, tuple]:
@@ -143,31 +141,3 @@ def test_complexity_command_prints_both_counts(capsys):
     assert "Multi-scale factor (Table 3, eval OS8, MS ÷ single scale): paper 8.818, TF 8.827" in out
     for row in (*TABLE3.rows, *TABLE5.rows):
         assert f" {row.name} " in out
-
-
-def project_imports(path: Path) -> set[str]:
-    """Top-level project packages a file imports, at module level or inside functions."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add("lightning_modules" if node.level else node.module or "")  # relative: inside lightning_modules
-    return {name for name in names if name.split(".")[0] in PROJECT_PACKAGES}
-
-
-def test_experiments_does_not_import_ablations():
-    """Follow every import of the project's own modules from experiments/, lazy ones included."""
-    seen, todo = set(), [f"experiments.{p.stem}" for p in (ROOT / "experiments").glob("*.py")]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        parts = module.split(".")
-        path = ROOT.joinpath(*parts).with_suffix(".py")
-        files = [path] if path.exists() else list(ROOT.joinpath(*parts).rglob("*.py"))  # a package: all of it
-        for file in files:
-            todo.extend(project_imports(file))
-    assert not {m for m in seen if m.split(".")[0] == "ablations"}, sorted(seen)
-    assert "experiments.paper" in seen and "lightning_modules.components.complexity" in seen

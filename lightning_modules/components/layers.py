@@ -7,7 +7,7 @@ from torch import nn
 
 from .official import OfficialNames, conv_bn
 
-#: the BatchNorm layers (torch's public classes; their common base `_BatchNorm` is private)
+#: the BatchNorm layers, by torch's public classes (their common base class is private)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
