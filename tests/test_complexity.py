@@ -3,7 +3,6 @@ count, against the paper's Tables 3 and 5; the paper's numbers in one module tha
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ and the code uses no private attribute of a library where a public API exists.""
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
