@@ -73,8 +73,8 @@ def parser_for(table: Table) -> argparse.ArgumentParser:
 
 def _same_plan_args(args: argparse.Namespace) -> list[str]:
     """The options that select the same runs (for `--status`/`--report` of this invocation)."""
-    same = ["--profile", args.profile, "--output", str(Path(args.output).resolve()), "--seeds", ",".join(map(str, args.seeds)),
-            "--project", args.project]
+    same = ["--profile", args.profile, "--output", str(Path(args.output).resolve()),
+            "--seeds", ",".join(map(str, args.seeds)), "--project", args.project]
     for option, value in (("--rows", args.rows), ("--data.root", args.data_root)):
         if value:
             same += [option, value]
@@ -100,8 +100,8 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     for config in args.config:
         if not Path(config).is_file():
             parser.error(f"--config {config}: no such file")
-    plan = Plan(table, args.profile, Path(args.output).resolve(), args.data_root, args.project, args.seeds, cluster.processes,
-                cluster.gpus_per_row, args.config)
+    plan = Plan(table, args.profile, Path(args.output).resolve(), args.data_root, args.project, args.seeds,
+                cluster.processes, cluster.gpus_per_row, args.config)
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -1,7 +1,7 @@
 """Everything checked before anything is created (a run directory, a W&B run, a data loader, an output):
 option values (`check_config`), the periodic-checkpoint flags (`apply_checkpoint_interval`), output paths
-(`check_output_path`), the training split and the batch it must fill, an explicit class count the data contradicts, a checkpoint trained as another network,
-ImageNet weights this machine cannot get. Each is one line (`ConfigError`, `DatasetError`,
+(`check_output_path`), the training split and the batch it must fill, an explicit class count the data
+contradicts, a checkpoint trained as another network, ImageNet weights this machine cannot get. Each is one line (`ConfigError`, `DatasetError`,
 `CheckpointError`, printed by `experiments.train`)."""
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from typing import Any
 
 
 def add_flag(container: Any, flag: str, *old: str, **kwargs: Any) -> argparse.Action:
-    """`container` (a parser or an argument group)`.add_argument(flag, **kwargs)` plus each `old` spelling as a hidden alias of the same option
-    (same destination and action; it sets no default of its own). A required flag is one of a required
+    """`container.add_argument(flag, **kwargs)` (a parser or an argument group) plus each `old` spelling as a
+    hidden alias of the same option (same destination and action; it sets no default of its own). A required flag is one of a required
     group: either spelling satisfies it, and the error names the new one only."""
     if kwargs.pop("required", False) and old:
         container = container.add_mutually_exclusive_group(required=True)
