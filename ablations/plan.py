@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.config import compose, eval_protocol, net_kwargs, to_cli_args
+from experiments.cli.overrides import to_cli_args
 from experiments.paper import Row, Table
-from lightning_modules.components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, protocol_cost
 
 REPO = Path(__file__).resolve().parent.parent
 #: `--profile smoke`: the table's config shrunk by the small-run overlay — MobileNetV2 from scratch on the
@@ -154,20 +153,32 @@ class Plan:
                        for row in self.rows() for seed in self.seeds]
         return [*trainings.values(), *evaluations]
 
-    def cost(self, row: Row) -> dict[str, float]:
+    def resolved(self, row: Row):
+        """The row's evaluation config as `experiments.train` parses it (nothing instantiated)."""
+        from experiments.cli.parse_only import config_reader  # imports Lightning: only for costs and the dry run
+
+        return config_reader().parse([REPO / c for c in self.configs], to_cli_args({**row.train, **row.eval}))
+
+    def cost(self, row: Row, config=None) -> dict[str, float]:
         """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
-        config = compose([REPO / c for c in self.configs(row)], {**row.train, **row.eval})
+        from experiments.cli.parse_only import eval_protocol, net_kwargs
+        from lightning_modules.components.complexity import protocol_cost
+
+        config = config or self.resolved(row)
         return protocol_cost(net_kwargs(config), eval_protocol(config))
 
     def describe(self) -> str:
         """The dry run: every row with its evaluation protocol and Multiply-Adds — TF-graph count (comparable
         with the paper's) and plain count (what this code executes) — and the runs it takes."""
+        from experiments.cli.parse_only import eval_protocol
+        from lightning_modules.components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF
+
         lines = [f"{self.table.title} — profile {self.profile}, seeds {','.join(map(str, self.seeds))}", "",
                  f"{'row':<38} {'training':<10} {'eval':<16} {'paper MAdds':>11} {'ours TF':>10} {'ours plain':>10} "
                  f"{'paper mIoU':>10}"]
         for row in self.table.rows:
-            config = compose([REPO / c for c in self.configs(row)], {**row.train, **row.eval})
-            cost = self.cost(row)
+            config = self.resolved(row)
+            cost = self.cost(row, config)
             paper = f"{row.paper_multiply_adds:.2f}B" if row.paper_multiply_adds else "-"
             miou = f"{row.paper_miou:.2f}%" if row.paper_miou else "-"
             train = training_key(row) if row.reproducible else "skipped"

@@ -1,8 +1,8 @@
 """The one command line behind every ablation script: plan (`ablations/plan.py`), launch here or on SLURM
 (`ablations/launch.py`), report (`ablations/report.py`).
 
-    python -m ablations.table3_output_stride --dry-run
-    python -m ablations.table3_output_stride --launcher slurm --partition gpu --gpus-per-row 4 --seeds 0,1,2
+    python -m ablations.table3_output_stride --dry_run
+    python -m ablations.table3_output_stride --launcher slurm --partition gpu --gpus_per_row 4 --seeds 0,1,2
     python -m ablations.table3_output_stride --status
 
 Rerunning is always safe: finished runs are skipped, interrupted trainings resume from their newest
@@ -18,6 +18,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from experiments.paper import Table
+from experiments.cli.flags import add_flag
 
 from . import report
 from .launch import Cluster, LaunchError, run_local, status, submit_slurm
@@ -37,7 +38,8 @@ def _seeds(text: str) -> list[int]:
 def parser_for(table: Table) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=f"Reproduce {table.title}", prog=f"python -m ablations.{table.name}")
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--dry-run", action="store_true", help="print the plan (rows, Multiply-Adds, runs) and exit")
+    add_flag(what, "--dry_run", "--dry-run", action="store_true",
+             help="print the plan (rows, Multiply-Adds, runs) and exit")
     what.add_argument("--status", action="store_true", help="each run's state, SLURM job id and log; the table so far")
     what.add_argument("--report", action="store_true", help="only write the table from the runs that are done")
     parser.add_argument("--profile", choices=("paper", "smoke"), default="paper",
@@ -46,30 +48,34 @@ def parser_for(table: Table) -> argparse.ArgumentParser:
                         help="local: run here, one after another; slurm: submit every run and return")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, one training each (default 0)")
-    parser.add_argument("--data-root", default=None, help="dataset root (default: the config's data.root)")
+    add_flag(parser, "--data.root", "--data-root", dest="data_root", default=None,
+             help="dataset root (default: the config's data.root)")
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
                         help=f"a config layered after the table's own ({table.config}); repeatable, e.g. "
                              "experiments/configs/resnet101_beta_os16.yaml for Table 3 on the paper's ResNet-101 beta")
-    parser.add_argument("--out", default="results", help="results directory")
+    add_flag(parser, "--output", "--out", default="results", help="results directory")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "deeplabv3plus"))
     slurm = parser.add_argument_group("SLURM (with --launcher slurm)")
-    slurm.add_argument("--cluster-config", default=None, help="YAML file with any of the options below")
+    add_flag(slurm, "--cluster_config", "--cluster-config", default=None,
+             help="YAML file with any of the options below")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--time", help="per run, e.g. 24:00:00 (default)")
     slurm.add_argument("--constraint")
-    slurm.add_argument("--gpus-per-row", type=int, help="GPUs (= DDP processes) per training, global batch unchanged")
-    slurm.add_argument("--processes-per-row", type=int, help="DDP processes per training (default: one per GPU)")
-    slurm.add_argument("--cpus-per-gpu", type=int, help="CPU cores per process (default 8)")
+    add_flag(slurm, "--gpus_per_row", "--gpus-per-row", type=int,
+             help="GPUs (= DDP processes) per training, global batch unchanged")
+    add_flag(slurm, "--processes_per_row", "--processes-per-row", type=int,
+             help="DDP processes per training (default: one per GPU)")
+    add_flag(slurm, "--cpus_per_gpu", "--cpus-per-gpu", type=int, help="CPU cores per process (default 8)")
     return parser
 
 
 def _same_plan_args(args: argparse.Namespace) -> list[str]:
     """The options that select the same runs (for `--status`/`--report` of this invocation)."""
-    same = ["--profile", args.profile, "--out", str(Path(args.out).resolve()), "--seeds", ",".join(map(str, args.seeds)),
-            "--project", args.project]
-    for option, value in (("--rows", args.rows), ("--data-root", args.data_root)):
+    same = ["--profile", args.profile, "--output", str(Path(args.output).resolve()),
+            "--seeds", ",".join(map(str, args.seeds)), "--project", args.project]
+    for option, value in (("--rows", args.rows), ("--data.root", args.data_root)):
         if value:
             same += [option, value]
     for config in args.config:
@@ -90,12 +96,12 @@ def main(table: Table, argv: list[str] | None = None) -> int:
     settings.update({f.name: getattr(args, f.name) for f in fields(Cluster) if getattr(args, f.name) is not None})
     cluster = Cluster(**settings)
     if cluster.gpus_per_row < 0 or cluster.processes < 1:
-        parser.error("--gpus-per-row must be ≥ 0 and --processes-per-row ≥ 1")
+        parser.error("--gpus_per_row must be ≥ 0 and --processes_per_row ≥ 1")
     for config in args.config:
         if not Path(config).is_file():
             parser.error(f"--config {config}: no such file")
-    plan = Plan(table, args.profile, Path(args.out).resolve(), args.data_root, args.project, args.seeds, cluster.processes,
-                cluster.gpus_per_row, args.config)
+    plan = Plan(table, args.profile, Path(args.output).resolve(), args.data_root, args.project, args.seeds,
+                cluster.processes, cluster.gpus_per_row, args.config)
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -1,6 +1,6 @@
 """A small generated dataset in the VOC 2012 and SBD layouts, on which the whole repo runs anywhere.
 
-    python -m datamodules.synthetic --out data/voc-synthetic [--seed 0]
+    python -m datamodules.synthetic --output data/voc-synthetic [--seed 0]
 
 Objects of 8 VOC classes, each with its own shape, colour and texture, on cluttered backgrounds;
 VOC masks are palette PNGs with 255 bands along object boundaries, SBD masks are `.mat` files
@@ -241,10 +241,12 @@ def generate_cityscapes(out: str | Path, seed: int = 0, n_train: int = 12, n_val
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="directory to write (VOCdevkit/ and benchmark_RELEASE/)")
+    where = parser.add_mutually_exclusive_group(required=True)  # --out: the old spelling, hidden
+    where.add_argument("--output", help="directory to write (VOCdevkit/ and benchmark_RELEASE/)")
+    where.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = generate(args.out, args.seed)
+    root = generate(args.output, args.seed)
     print(f"wrote the generated VOC-format dataset to {root}")
 
 

@@ -69,10 +69,10 @@ class RandomScaleCrop(v2.Transform):
         if isinstance(inpt, tv_tensors.Mask):
             out = F.resize(F.crop(inpt, *region), params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
         else:
-            out = self._call_kernel(F.resized_crop, inpt, *region, params["size"],
-                                    interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-        if any(params["padding"]):
-            out = self._call_kernel(F.pad, out, params["padding"], fill=self.fill[type(inpt)])
+            out = F.resized_crop(inpt, *region, params["size"], interpolation=v2.InterpolationMode.BILINEAR,
+                                 antialias=True)
+        if any(params["padding"]):  # the functional API dispatches on the tv_tensor type (Image or Mask)
+            out = F.pad(out, params["padding"], fill=self.fill[type(inpt)])
         return out
 
 

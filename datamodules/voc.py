@@ -136,7 +136,9 @@ def check_tree(root: str | Path, sbd_root: str | Path | None = None, splits=SPLI
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", metavar="ROOT", required=True, help="dataset root holding VOCdevkit/")
-    parser.add_argument("--sbd-root", default=None, help="SBD benchmark_RELEASE directory (default ROOT/benchmark_RELEASE)")
+    parser.add_argument("--sbd_root", default=None,
+                        help="SBD benchmark_RELEASE directory (default ROOT/benchmark_RELEASE)")
+    parser.add_argument("--sbd-root", dest="sbd_root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old
     args = parser.parse_args(argv)
     return check_tree(args.check, args.sbd_root)
 

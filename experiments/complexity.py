@@ -1,7 +1,7 @@
 """Parameters and Multiply-Adds of a configuration at 513×513, evaluation protocol included, counted two ways.
 
     python -m experiments.complexity --config experiments/configs/resnet101_os16.yaml [--json]
-    python -m experiments.complexity --paper-tables [--json]   # every row of Tables 3 and 5 vs the paper
+    python -m experiments.complexity --paper_tables [--json]   # every row of Tables 3 and 5 vs the paper
 
 `_tf` (TF-graph count): as tfprof counts the official TF graph, every atrous conv on its space-to-batch
 padding — the paper's convention, the one to compare with its tables. No suffix (plain count): what this
@@ -14,17 +14,20 @@ import argparse
 import json
 import sys
 
-from experiments.config import compose, eval_protocol, net_kwargs
+from experiments.cli.overrides import to_cli_args
+from experiments.cli.parse_only import config_reader, eval_protocol, net_kwargs
 from experiments.paper import TABLE3, TABLE5, Table
 from lightning_modules.components.complexity import (MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, network_parameters,
                                                      protocol_cost, protocol_multiply_adds)
+from experiments.cli.flags import add_flag
 
 
-def config_cost(config: dict) -> dict:
-    """Backbone, evaluation protocol, parameters (millions) and both Multiply-Adds counts (billions)."""
+def config_cost(config) -> dict:
+    """`config`: as `experiments.train fit` parses it (`experiments.cli.parse_only`).
+    Backbone, evaluation protocol, parameters (millions) and both Multiply-Adds counts (billions)."""
     net, protocol = net_kwargs(config), eval_protocol(config)
     cost = protocol_cost(net, protocol)
-    return {"backbone": net.get("backbone", "resnet101"), **protocol.as_dict(),
+    return {"backbone": net["backbone"], **protocol.as_dict(),
             "parameters_millions": cost[PARAMETERS], "multiply_adds_billions": cost[MULTIPLY_ADDS],
             "multiply_adds_tf_billions": cost[MULTIPLY_ADDS_TF]}
 
@@ -37,7 +40,7 @@ def table_rows(table: Table, explain_layout: bool = False) -> list[dict]:
     """
     rows = []
     for index, row in enumerate(table.rows, start=1):
-        config = compose([table.config], {**row.train, **row.eval})
+        config = config_reader().parse([table.config], to_cli_args({**row.train, **row.eval}))
         cost, paper = config_cost(config), row.paper_multiply_adds
         entry = {"table": table.name.split("_")[0], "index": index, "row": row.name, "paper_mIoU": row.paper_miou,
                  "paper_multiply_adds_billions": paper,
@@ -106,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--config", action="append", help="YAML config(s) over base.yaml, as for experiments.train")
-    what.add_argument("--paper-tables", action="store_true", help="every row of the paper's Tables 3 and 5")
+    add_flag(what, "--paper_tables", "--paper-tables", action="store_true",
+             help="every row of the paper's Tables 3 and 5")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.config:
-        result = config_cost(compose(args.config))
+        result = config_cost(config_reader().parse(args.config))
         if args.json:
             print(json.dumps(result, indent=1))
         else:

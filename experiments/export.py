@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.transforms import NORMALIZATIONS
-from experiments.cli.errors import check_output_path
+from experiments.cli.checks import check_output_path
 from lightning_modules.components.protocol import SCALE_GRANULARITY
 from lightning_modules.pretrained import load_model
 

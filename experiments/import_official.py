@@ -18,6 +18,7 @@ import yaml
 
 from lightning_modules.components.aspp import DEFAULT_ATROUS_RATES
 from lightning_modules.official.importer import OfficialCheckpointError, import_official
+from experiments.cli.flags import add_flag
 
 
 def _ints(text: str) -> list[int]:
@@ -41,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a model zoo .tar.gz, a directory with model.ckpt.index, or a prefix")
     parser.add_argument("--output", type=Path, required=True, help="the .ckpt to write")
-    parser.add_argument("--output_stride", type=int, default=16, choices=(8, 16, 32),
-                        help="the official --output_stride it was trained with (16 for the zoo)")
+    add_flag(parser, "--train_output_stride", "--output_stride", type=int, default=16, choices=(8, 16, 32),
+             help="the output stride the official model was trained with (16 for the zoo)")
     parser.add_argument("--atrous_rates", type=_ints, default=list(DEFAULT_ATROUS_RATES),
                         help="the official --atrous_rates at output stride 16 (6,12,18 for the zoo)")
     parser.add_argument("--multi_grid", type=_ints, default=None,
                         help="the official --multi_grid of a ResNet model, e.g. 1,2,4 (none for the zoo)")
     args = parser.parse_args(argv)
     try:
-        imported = import_official(args.source, args.output, output_stride=args.output_stride,
+        imported = import_official(args.source, args.output, output_stride=args.train_output_stride,
                                    atrous_rates=args.atrous_rates, multi_grid=args.multi_grid or None)
     except (ValueError, ImportError) as e:  # OfficialCheckpointError, or a flag the network cannot take
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -39,7 +39,8 @@ from datamodules import voc
 from datamodules.reading import DatasetError, LabelSpace, read_rgb
 from datamodules.transforms import NORMALIZATIONS
 from experiments import submission
-from experiments.cli.errors import ConfigError, check_output_path, check_tiling
+from experiments.cli.checks import check_output_path, check_tiling
+from experiments.cli.errors import ConfigError
 from lightning_modules.components.protocol import PAPER_CROP, EvalProtocol
 from lightning_modules.components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, predict_labels, \
     predict_probabilities

@@ -18,6 +18,7 @@ from datamodules.reading import LabelSpace
 from datamodules.transforms import NORMALIZATIONS
 
 from .components import DeepLabV3Plus
+from .components.layers import BATCHNORMS
 from .components.protocol import PAPER_CROP, protocol_from
 from .components.inference import DEFAULT_TILE_OVERLAP, Tiling, labels_from, pixel_nll, predict_probabilities, \
     tiled_probabilities
@@ -25,9 +26,6 @@ from .class_balance import median_frequency
 from .losses import segmentation_loss
 from .metrics import SegmentationMetrics, TrimapMetrics
 from .pretrained import load_network_weights
-
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def decayed_parameters(net: nn.Module, which: str) -> set[int]:
@@ -145,9 +143,9 @@ class SegmentationModule(L.LightningModule):
             backbone_bn_momentum = net.backbone.official_bn_momentum
         backbone_bns = {id(m) for m in net.backbone.modules()}
         for m in self._batchnorms():
-            momentum = backbone_bn_momentum if id(m) in backbone_bns else bn_momentum
-            if momentum is not None:
-                m.momentum = momentum
+            bn_value = backbone_bn_momentum if id(m) in backbone_bns else bn_momentum
+            if bn_value is not None:
+                m.momentum = bn_value
             if freeze_bn and freeze_bn_affine:
                 m.requires_grad_(False)
         if init_from:
@@ -165,7 +163,7 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("pixel_std", 255 * torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def _batchnorms(self) -> list[nn.Module]:
-        return [m for m in self.net.modules() if isinstance(m, _BATCHNORMS)]
+        return [m for m in self.net.modules() if isinstance(m, BATCHNORMS)]
 
     def train(self, mode: bool = True) -> "SegmentationModule":
         super().train(mode)

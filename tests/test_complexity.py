@@ -2,9 +2,7 @@
 count, against the paper's Tables 3 and 5; the paper's numbers in one module that `experiments` owns."""
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.complexity import main, multi_scale_factor, table_rows
-from experiments.config import compose, eval_protocol
+from experiments.cli.overrides import to_cli_args
+from experiments.cli.parse_only import config_reader, eval_protocol, net_kwargs
 from experiments.paper import RESNET_MULTI_GRID, TABLE3, TABLE5
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.complexity import (build_on_meta, count_multiply_adds, protocol_cost,
@@ -22,7 +21,6 @@ from lightning_modules.components.protocol import MS_SCALES, EvalProtocol, scale
 from conftest import ROOT
 
 PAPER_MS_FACTOR = 2435.37 / 276.18  # Table 3, eval OS8: 8.818
-PROJECT_PACKAGES = {"ablations", "datamodules", "experiments", "lightning_modules"}
 
 
 def tf_atrous_conv(x: torch.Tensor, weight: torch.Tensor, rate: int, groups: int) -> tuple[torch.Tensor, tuple]:
@@ -111,13 +109,23 @@ def test_protocol_scales_flip_and_canvas():
     assert bigger / cost["speed/multiply_adds"] == pytest.approx((769 / 513) ** 2, rel=0.05)
 
 
+def parse(configs: list[str], overrides: dict) -> object:
+    return config_reader().parse([ROOT / c for c in configs], to_cli_args(overrides))
+
+
 def test_config_eval_protocol_reads_the_canvas():
-    config = compose([ROOT / "experiments/configs/xception65_os16.yaml"], {"model.eval_output_stride": 8})
+    """The cost counter's config is the training CLI's parse: SegmentationModule's defaults (eval_flip, the
+    scales) and DeepLabV3Plus's (atrous rates) come from their signatures, the class count from the data."""
+    config = parse(["experiments/configs/xception65_os16.yaml"], {"model.eval_output_stride": 8})
     assert eval_protocol(config) == EvalProtocol(8, (1.0,), False, (513, 513))
-    config = compose([], {"model.eval_canvas": [769, 1025], "model.eval_scales": list(MS_SCALES)})
+    net = net_kwargs(config)
+    assert net["backbone"] == "xception65" and net["atrous_rates"] == [6, 12, 18] and net["num_classes"] == 21
+    config = parse([], {"model.eval_canvas": [769, 1025], "model.eval_scales": list(MS_SCALES)})
     assert eval_protocol(config) == EvalProtocol(16, MS_SCALES, False, (769, 1025))
+    config = parse(["experiments/configs/cityscapes_xception65_os16.yaml"], {})
+    assert net_kwargs(config)["num_classes"] == 19  # linked from the datamodule, as fit links it
     with pytest.raises(ValueError, match=r"eval canvas \[500, 500\] is not aligned for output stride 16"):
-        eval_protocol(compose([], {"model.eval_canvas": [500, 500]}))
+        eval_protocol(parse([], {"model.eval_canvas": [500, 500]}))
 
 
 def test_complexity_command_prints_both_counts(capsys):
@@ -132,31 +140,3 @@ def test_complexity_command_prints_both_counts(capsys):
     assert "Multi-scale factor (Table 3, eval OS8, MS ÷ single scale): paper 8.818, TF 8.827" in out
     for row in (*TABLE3.rows, *TABLE5.rows):
         assert f" {row.name} " in out
-
-
-def project_imports(path: Path) -> set[str]:
-    """Top-level project packages a file imports, at module level or inside functions."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add("lightning_modules" if node.level else node.module or "")  # relative: inside lightning_modules
-    return {name for name in names if name.split(".")[0] in PROJECT_PACKAGES}
-
-
-def test_experiments_does_not_import_ablations():
-    """Follow every import of the project's own modules from experiments/, lazy ones included."""
-    seen, todo = set(), [f"experiments.{p.stem}" for p in (ROOT / "experiments").glob("*.py")]
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        parts = module.split(".")
-        path = ROOT.joinpath(*parts).with_suffix(".py")
-        files = [path] if path.exists() else list(ROOT.joinpath(*parts).rglob("*.py"))  # a package: all of it
-        for file in files:
-            todo.extend(project_imports(file))
-    assert not {m for m in seen if m.split(".")[0] == "ablations"}, sorted(seen)
-    assert "experiments.paper" in seen and "lightning_modules.components.complexity" in seen

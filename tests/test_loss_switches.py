@@ -10,7 +10,7 @@ import yaml
 
 from datamodules import synthetic
 from experiments import train
-from experiments.config import to_cli_args
+from experiments.cli.overrides import to_cli_args
 from helpers import fit_args
 from lightning_modules.class_balance import cache_path, count_classes
 from lightning_modules.losses import kept_pixels, median_frequency_weights, segmentation_loss

@@ -1,11 +1,10 @@
-"""User errors as one line: option values checked when the config is parsed, parse errors and data or
-checkpoint errors reduced to `error: <option or file>: <what was expected>` (printed by `experiments.train`).
+"""User errors as one line: parse errors and data or checkpoint errors reduced to
+`error: <option or file>: <what was expected>` (printed by `experiments.train`). The checks that raise
+them before anything is created are in `experiments/cli/checks.py`.
 """
 from __future__ import annotations
 
-import datetime
 import difflib
-import os
 import re
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -15,12 +14,11 @@ from typing import NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from datamodules.voc import DatasetError, voc_dir
+from datamodules.voc import DatasetError
 from lightning_modules.run.checkpoints import CheckpointError, DiskFullError
 from lightning_modules.run.divergence import DivergenceError
 from lightning_modules.run.lock import RunInUseError
 from lightning_modules.run.record import RunFileError
-from lightning_modules.components.backbones import BACKBONES, OUTPUT_STRIDES
 
 
 class ConfigError(ValueError):
@@ -176,103 +174,3 @@ def locate_in_config_files(error: ConfigError, files: Sequence[Path], valid_keys
             return ConfigError(str(path), f"unknown key {error.key}{hint or ' (no option is close to it)'}")
     option, _, expected = error.message.partition(": ")
     return ConfigError(option, f"{expected}{hint.replace('mean ', 'mean --')}") if expected else error
-
-
-def _check(condition: bool, option: str, expected: str) -> None:
-    if not condition:
-        raise ConfigError(option, expected)
-
-
-def check_config(config) -> None:
-    """Option values the run cannot use, refused when the config is parsed: before a run directory, a W&B
-    run or a data loader exists, and naming the option rather than failing deep inside torch."""
-    model, data = config.model, config.data.init_args  # data: the dataset layout's class_path + init_args
-    net = model.net.init_args if "init_args" in model.net else model.net
-    _check(model.lr > 0, "--model.lr", f"expected a learning rate > 0, got {model.lr}")
-    _check(model.weight_decay >= 0, "--model.weight_decay", f"expected >= 0, got {model.weight_decay}")
-    _check(0 <= model.momentum < 1, "--model.momentum", f"expected 0 <= momentum < 1, got {model.momentum}")
-    _check(net.backbone in BACKBONES, "--model.net.init_args.backbone",
-           f"expected one of {', '.join(BACKBONES)}, got {net.backbone!r}")
-    _check(net.output_stride in OUTPUT_STRIDES, "--model.net.init_args.output_stride",
-           f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {net.output_stride}")
-    eval_stride = model.get("eval_output_stride")
-    _check(eval_stride is None or eval_stride in OUTPUT_STRIDES, "--model.eval_output_stride",
-           f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {eval_stride}")
-    _check(len(model.eval_scales) > 0 and all(s > 0 for s in model.eval_scales), "--model.eval_scales",
-           f"expected one or more scales > 0, got {model.eval_scales}")
-    check_tiling("--model.eval_tile_size", model.get("eval_tile_size"), "--model.eval_tile_overlap",
-                 model.get("eval_tile_overlap", 0.0), eval_stride or net.output_stride)
-    check_loss_switches(model)
-    _check(data.batch_size >= 1, "--data.batch_size", f"expected a batch size >= 1, got {data.batch_size}")
-    _check(data.val_batch_size >= 1, "--data.val_batch_size", f"expected >= 1, got {data.val_batch_size}")
-    _check(data.num_workers >= 0, "--data.num_workers", f"expected >= 0, got {data.num_workers}")
-    _check(data.crop_size >= net.output_stride, "--data.crop_size",
-           f"expected a crop of at least the output stride ({net.output_stride} px), got {data.crop_size}")
-    _check(config.trainer.max_steps == -1 or config.trainer.max_steps >= 1, "--trainer.max_steps",
-           f"expected -1 (no limit) or >= 1, got {config.trainer.max_steps}")
-    is_voc = config.data.class_path.endswith(".VOCDataModule")  # the other layouts check their own trees
-    _check(not is_voc or data.generate or voc_dir(data.root).is_dir(), "--data.root",
-           f"expected a directory holding VOCdevkit/VOC2012, got {data.root} (data.generate: true writes the "
-           "generated dataset there if it does not exist)")
-
-
-def check_tiling(size_option: str, size: int | None, overlap_option: str, overlap: float, output_stride: int) -> None:
-    """Sliding-window settings (`--model.eval_tile_size/overlap`, predict's `--tile_size/overlap`)."""
-    _check(size is None or size >= output_stride, size_option,
-           f"expected a window of at least the output stride ({output_stride} px), got {size}")
-    _check(0 <= overlap < 1, overlap_option, f"expected 0 <= overlap < 1 (a fraction of the window), got {overlap}")
-
-
-def check_loss_switches(model) -> None:
-    """The official loss switches; the length of a `label_weights` list is checked against the data's class
-    count in `experiments.cli.checks.check_network`."""
-    p = model.get("top_k_percent_pixels", 1.0)
-    _check(0 < p <= 1, "--model.top_k_percent_pixels", f"expected 0 < p <= 1 (1 = every pixel), got {p}")
-    step = model.get("hard_example_mining_step", 0)
-    _check(step >= 0, "--model.hard_example_mining_step", f"expected a number of steps >= 0 (0 = no ramp), got {step}")
-    weights = model.get("label_weights")
-    if weights is not None and weights != "median_frequency":
-        _check(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "--model.label_weights",
-               f"expected weights >= 0, not all 0, got {list(weights)}")
-
-
-def apply_checkpoint_interval(config) -> None:
-    """`--checkpoint_every_n_train_steps N` / `--checkpoint_train_time_interval H:MM:SS` set the periodic
-    checkpoint (`StepCheckpoint` in trainer.callbacks) without repeating the callbacks list."""
-    steps, interval = config.get("checkpoint_every_n_train_steps"), config.get("checkpoint_train_time_interval")
-    if steps is None and interval is None:
-        return
-    option = "--checkpoint_every_n_train_steps" if steps is not None else "--checkpoint_train_time_interval"
-    _check(steps is None or interval is None, option, "expected only one of the two checkpoint intervals")
-    targets = [c for c in config.trainer.callbacks or [] if str(c.get("class_path", "")).endswith(".StepCheckpoint")]
-    _check(bool(targets), option, "expected a StepCheckpoint in trainer.callbacks (base.yaml has one)")
-    if steps is not None:
-        _check(steps >= 1, option, f"expected a number of steps >= 1, got {steps}")
-        for target in targets:
-            target.init_args.every_n_train_steps, target.init_args.train_time_interval = steps, None
-    else:
-        match = re.fullmatch(r"(\d+):(\d\d):(\d\d)", interval.strip())
-        _check(match is not None and interval != "0:00:00", option, f"expected H:MM:SS > 0, got {interval!r}")
-        hours, minutes, seconds = map(int, match.groups())
-        for target in targets:
-            target.init_args.every_n_train_steps = 0
-            target.init_args.train_time_interval = datetime.timedelta(hours=hours, minutes=minutes, seconds=seconds)
-
-
-def check_output_path(option: str, path: str | Path, directory: bool = False, suffixes: Sequence[str] = ()) -> None:
-    """An output (`directory`, or a file with one of `suffixes`) that this process can create or overwrite,
-    checked before any work: the nearest existing folder on its way must be a writable directory."""
-    path = Path(path)
-    where = f"{option} {path}"
-    if suffixes and path.suffix not in suffixes:
-        raise ConfigError(where, f"expected a file name ending in {' or '.join(suffixes)}")
-    if path.exists() and path.is_dir() != directory:
-        raise ConfigError(where, "is a file; expected a directory (created if missing)" if directory else
-                          "is a directory; expected a file name")
-    folder = path if directory else path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(where, f"{folder} is a file, not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(where, f"{folder} is not writable by this user; expected a folder it can write to")

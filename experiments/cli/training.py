@@ -18,11 +18,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.base import SegmentationDataModule
-from experiments.cli.checks import (check_evaluation_split, check_fresh_run_dir, check_network, check_run_folder,
-                                    check_shared_memory, check_training_split, check_wandb_mode, check_weights,
-                                    datamodule, explicit_num_classes, resume_differences)
-from experiments.cli.errors import (USER_ERRORS, ConfigError, OneLineErrorParser, apply_checkpoint_interval,
-                                     check_config, config_files, locate_in_config_files, one_line)
+from experiments.cli.checks import (apply_checkpoint_interval, check_config, check_evaluation_split,
+                                    check_fresh_run_dir, check_network, check_run_folder, check_shared_memory,
+                                    check_training_split, check_wandb_mode, check_weights, datamodule,
+                                    explicit_num_classes, resume_differences)
+from experiments.cli.errors import (USER_ERRORS, ConfigError, OneLineErrorParser, config_files,
+                                    locate_in_config_files, one_line)
 from lightning_modules.run.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_modules.run import lock as run_lock
 from lightning_modules.run.preemption import STOP_STATUS, Preemption
@@ -33,7 +34,11 @@ from lightning_modules.segmentation import SegmentationModule
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "experiments" / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"
-PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "wandb", "timm", "torchdata")
+#: the requirements a training run imports, whose versions go with every run (`run_metadata`)
+PACKAGES = ("torch", "torchvision", "torchcodec", "lightning", "torchmetrics", "jsonargparse", "wandb", "timm",
+            "torchdata", "scipy", "matplotlib")
+#: requirements a training run never imports: the tests, and ONNX for `experiments.export` and its check
+NOT_RUN_PACKAGES = ("pytest", "onnx", "onnxscript", "onnxruntime")
 
 
 def git_commit() -> str:
@@ -175,13 +180,14 @@ class TrainCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every checkpoint written atomically and durably; the run record beside the configured logger."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        config_init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = (config_init.get("trainer") or {}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         if trainer.loggers:  # the first logger keeps naming the checkpoint directory
-            ckpt_path = self._get(self.config_init, "ckpt_path") if self.subcommand == "fit" else None
+            ckpt_path = config_init.get("ckpt_path") if self.subcommand == "fit" else None
             record = RunRecord(trainer.default_root_dir, resume_from=ckpt_path)
             trainer.loggers = [*trainer.loggers, record]
             trainer.callbacks.insert(0, record)  # first: it rewinds the record before anything is logged

@@ -18,7 +18,7 @@ compares steady states (median step time, which noise on a shared machine moves 
 compares whole windows, epoch boundaries and logging points included, and the epoch-boundary lines give
 their cost apart. The logged `speed/train_images_per_s` of the `fit` phase is printed beside the wall-clock
 rate of the same steps. MFU is the counted FLOPs per second over the device's dense peak
-(`speed_monitor.peak_flops`: our table, then Lightning's, `--peak-tflops` elsewhere).
+(`speed_monitor.peak_flops`: our table, then Lightning's, `--peak_tflops` elsewhere).
 
 `measure` returns all of it as a dict; `experiments.measure.device_check` calls it for its GPU parts.
 """
@@ -48,6 +48,7 @@ from lightning_modules.run.speed_monitor import (peak_flops, peak_memory_mb, res
                                              train_step_flops)
 
 from experiments.cli.training import BASE_CONFIG, CLI_KWARGS, TrainCLI
+from experiments.cli.flags import add_flag
 
 
 def build(config_args: list[str], run_dir: Path, overrides: dict[str, str]) -> LightningCLI:
@@ -392,7 +393,7 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
             f"batch {batch} x {crop}x{crop}, precision {precision}, channels_last "
             f"{model.hparams.channels_last}, compile {result['compile']}, "
             f"{data.hparams.num_workers} loader workers; {train_flops / 1e9:.1f} GFLOP per training image"
-            + ("" if peak else "; MFU needs --peak-tflops on this device"))
+            + ("" if peak else "; MFU needs --peak_tflops on this device"))
 
         if train:
             result["train"] = train_phases(cli, first, device, warmup, steps, val_every, val_batches,
@@ -500,15 +501,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", required=True, help="config file(s), as for experiments.train")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per phase")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    parser.add_argument("--eval-images", type=int, default=None,
-                        help="validation images per evaluation phase (the first one untimed); default 100 on "
-                             "GPUs, 6 on CPUs")
-    parser.add_argument("--no-ms-flip", action="store_true",
-                        help="skip the multi-scale + flip evaluation (11 network passes per image: minutes per "
-                             "image for ResNet-101 on a CPU)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="dense peak TFLOP/s of one device in the run's precision, for MFU on devices "
-                             "missing from our and Lightning's tables (CPUs, new GPUs)")
+    add_flag(parser, "--eval_images", "--eval-images", type=int, default=None,
+             help="validation images per evaluation phase (the first one untimed); default 100 on GPUs, 6 on CPUs")
+    add_flag(parser, "--no_ms_flip", "--no-ms-flip", action="store_true",
+             help="skip the multi-scale + flip evaluation (11 network passes per image: minutes per image for "
+                  "ResNet-101 on a CPU)")
+    add_flag(parser, "--peak_tflops", "--peak-tflops", type=float, default=None,
+             help="dense peak TFLOP/s of one device in the run's precision, for MFU on devices missing from our "
+                  "and Lightning's tables (CPUs, new GPUs)")
     args, overrides = parser.parse_known_args(argv)
     if args.steps < 2 or args.warmup < 1:
         parser.error(f"--steps must be at least 2 and --warmup at least 1 (got {args.steps}, {args.warmup}): the "

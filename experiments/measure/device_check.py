@@ -1,7 +1,7 @@
 """Every GPU claim of docs/speed.md measured by one command: a Markdown table on stdout, all numbers as JSON.
 
-    python -m experiments.measure.device_check --out results/device_check      # on a GPU: the paper's sizes, <= 8 min
-    python -m experiments.measure.device_check --small --out /tmp/check         # on a CPU: tiny sizes, the same code
+    python -m experiments.measure.device_check --output results/device_check   # on a GPU: the paper's sizes, <= 8 min
+    python -m experiments.measure.device_check --small --output /tmp/check      # on a CPU: tiny sizes, the same code
 
 Parts, each under its own time limit (a part that does not fit reports "skipped: out of time"):
 
@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from lightning_modules.components.protocol import MS_SCALES
+from experiments.cli.flags import add_flag
 
 from . import benchmark, syncbn_check
 
@@ -228,9 +229,10 @@ def table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
+    add_flag(parser, "--output", "--out", required=True, help="folder for device_check.json and device_check.md")
     parser.add_argument("--small", action="store_true", help="tiny sizes, a few steps (the CPU test)")
-    parser.add_argument("--data-root", default=None, help="generated VOC-format data (default: under --out)")
+    add_flag(parser, "--data.root", "--data-root", dest="data_root", default=None,
+             help="generated VOC-format data (default: under --output)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--backbones", default=",".join(CONFIGS),
                         help="comma-separated backbones of the per-backbone table; the Lightning-vs-bare part runs "
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--parts: unknown {','.join(unknown)}; expected a subset of {','.join(PARTS)}")
     sizes = SMALL if args.small else GPU
-    out = Path(args.out)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(args.data_root) if args.data_root else out / "voc-synthetic"
     deadline = time.perf_counter() + sizes.total

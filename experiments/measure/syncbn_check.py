@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.components import DeepLabV3Plus
+from lightning_modules.components.layers import BATCHNORMS
 
 
 def _net(device: torch.device) -> nn.Module:
@@ -37,7 +38,7 @@ def _batch(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _state(net: nn.Module) -> dict[str, list[float]]:
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in net.modules() if isinstance(m, BATCHNORMS)]
     return {"mean": torch.cat([m.running_mean for m in bns]).tolist(),
             "var": torch.cat([m.running_var for m in bns]).tolist(),
             "grad": torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]).tolist()}

@@ -7,6 +7,9 @@ from torch import nn
 
 from .official import OfficialNames, conv_bn
 
+#: the BatchNorm layers, by torch's public classes (their common base class is private)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 class ConvBNReLU(nn.Sequential):
     """Padding is symmetric, (k − 1)·rate / 2 per side: TF's `SAME` at stride 1 and TF-slim's `conv2d_same`

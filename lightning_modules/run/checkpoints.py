@@ -10,7 +10,8 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -148,20 +149,22 @@ def _remove_stale_temp_files(path: Path) -> None:
                 pass
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` that leaves either the old file or the complete new one, whatever moment it is killed.
+def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Call `write(file)` so that `path` holds either the old file or the complete new one, whatever moment
+    the writer is killed.
 
-    The temporary file is created beside `path` (never in `$TMPDIR`, which may be another filesystem where
-    the final move is a copy), fsynced, renamed over `path`, and the directory is fsynced so the rename
-    itself survives a power loss. A failed write removes its temporary file.
+    The temporary file `.<name>.<pid>.tmp` is created beside `path` (never in `$TMPDIR`, which may be another
+    filesystem where the final move is a copy), fsynced, renamed over `path`, and the directory is fsynced
+    so the rename itself survives a power loss. A failed write removes its temporary file; one left by a
+    killed writer is removed by the next write of the same file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -170,24 +173,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise_if_disk_full(e, path)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `atomic_write`: a checkpoint is never torn."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """A run file (`results.json`, `metrics.jsonl` rewound, the W&B run id) the way `atomic_torch_save`
-    writes a checkpoint: the old file or the complete new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        raise_if_disk_full(e, path)
-        raise
-    _fsync_dir(path.parent)
+    """A run file (`results.json`, `metrics.jsonl` rewound, the W&B run id) the way a checkpoint is
+    written (`atomic_write`): the old file or the complete new one, never a torn one."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

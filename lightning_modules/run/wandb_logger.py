@@ -137,9 +137,6 @@ class RunLogger(WandbLogger):
         super().__init__(save_dir=save_dir, project=project, name=name, group=group, tags=tags, entity=entity,
                          job_type=job_type, log_model=log_model, offline=offline, id=run_id(save_dir),
                          resume="allow", **kwargs)
-        # WandbLogger always passes `anonymous` (None by default) to wandb.init, and wandb 0.31 warns that
-        # the setting has no effect whenever it is passed at all; there is no argument to leave it out
-        self._wandb_init.pop("anonymous", None)
         self._held = Counter()  # what W&B holds beyond the run record: not logged again
 
     def held_history(self) -> Counter:

@@ -1,6 +1,12 @@
 """Read an offline W&B run (`run-*.wandb`, a log of `wandb_internal_pb2.Record`s) without a server.
 
-Used by the ablation runner to aggregate results and by the tests to check what a run logged.
+Why this reads W&B's internal format: wandb has no public reader of offline runs. Its public `wandb.Api`
+reads runs from a server only, and `wandb sync` uploads them; the Python reader it once shipped
+(`wandb.sdk.internal.datastore`) is gone from wandb 0.31. A resumed offline run needs the history its
+earlier processes logged (`RunLogger.held_history`), and the ablation runner and the tests read what a
+run logged, so this module is the one place that knows the file: the record framing (below) and
+wandb's `Record` protobuf. A wandb release that changes either makes `read_run` raise
+`WandbFormatError` naming this module, and `tests/test_wandb_offline.py` fails with that message.
 """
 from __future__ import annotations
 
@@ -11,12 +17,24 @@ from pathlib import Path
 import struct
 import zlib
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 # The `.wandb` file is a LevelDB-style log: a 7-byte file header (":W&B", magic 0xBEE1, version 0),
 # then 32 KiB blocks of records, each with a 7-byte header (crc32, length, type FULL/FIRST/MIDDLE/LAST).
 _BLOCK, _HEADER = 32768, 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_MAGIC, _VERSION = 0xBEE1, 0
+
+
+class WandbFormatError(RuntimeError):
+    """The installed wandb writes offline runs in a format this reader does not know."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        import wandb
+
+        super().__init__(f"{path}: {what}; wandb {wandb.__version__} changed its offline run format, which "
+                         "lightning_modules/run/wandb_offline.py reads (wandb has no public reader): update it")
 
 
 @dataclass
@@ -39,10 +57,15 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def _records(data: bytes):
+def _records(data: bytes, path: str | Path = "<bytes>"):
     """Yield the payload of every complete record; a torn tail (process killed mid-write) is ignored."""
     if data[:4] != b":W&B":
-        raise ValueError("not a W&B run file (missing ':W&B' header)")
+        raise ValueError(f"{path}: not a W&B run file (missing ':W&B' header)")
+    if len(data) >= _HEADER:
+        magic, version = struct.unpack("<HB", data[4:_HEADER])
+        if (magic, version) != (_MAGIC, _VERSION):
+            raise WandbFormatError(path, f"file header magic {magic:#x} version {version}, expected "
+                                         f"{_MAGIC:#x} version {_VERSION}")
     pos, pending = _HEADER, b""
     while pos + _HEADER <= len(data):
         room = _BLOCK - pos % _BLOCK
@@ -68,9 +91,12 @@ def _records(data: bytes):
 def read_run(path: str | Path) -> OfflineRun:
     """Parse one `run-<id>.wandb` file (a process killed before wandb flushed leaves only the header)."""
     run = OfflineRun(run_id=Path(path).stem.removeprefix("run-"))
-    for data in _records(Path(path).read_bytes()):
+    for data in _records(Path(path).read_bytes(), path):
         record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+        try:
+            record.ParseFromString(data)
+        except DecodeError as e:
+            raise WandbFormatError(path, f"a record is not a wandb_internal_pb2.Record ({e})") from None
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
