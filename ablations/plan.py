@@ -97,6 +97,16 @@ class Plan:
     def configs(self) -> list[str]:
         return [self.table.config, *self.extra_configs, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
 
+    @property
+    def profile_overrides(self) -> dict[str, Any]:
+        """The table's own smoke overrides (`Table.smoke`) under `--profile smoke`; none otherwise."""
+        return dict(self.table.smoke) if self.profile == "smoke" else {}
+
+    def canvas(self) -> str:
+        """The evaluation canvas the Multiply-Adds are counted at: "513×513" (VOC), "1025×2049" (Cityscapes)."""
+        canvas = eval_protocol(compose([REPO / c for c in self.configs], self.profile_overrides)).canvas
+        return "×".join(map(str, canvas)) if canvas else "each image's aligned canvas"
+
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]
 
@@ -108,7 +118,7 @@ class Plan:
 
     def _common(self, run_dir: Path, name: str, job_type: str, tags: list[str], seed: int,
                 config: dict | None = None) -> dict[str, Any]:
-        overrides: dict[str, Any] = {"seed_everything": seed, "data.seed": seed}
+        overrides: dict[str, Any] = {**self.profile_overrides, "seed_everything": seed, "data.seed": seed}
         if self.data_root:
             overrides["data.root"] = self.data_root
         if self.processes_per_row > 1 and job_type == "train":
@@ -154,7 +164,7 @@ class Plan:
 
     def cost(self, row: Row) -> dict[str, float]:
         """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
-        config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+        config = compose([REPO / c for c in self.configs], {**self.profile_overrides, **row.train, **row.eval})
         return protocol_cost(net_kwargs(config), eval_protocol(config))
 
     def describe(self) -> str:
@@ -164,7 +174,7 @@ class Plan:
                  f"{'row':<38} {'training':<10} {'eval':<16} {'paper MAdds':>11} {'ours TF':>10} {'ours plain':>10} "
                  f"{'paper mIoU':>10}"]
         for row in self.table.rows:
-            config = compose([REPO / c for c in self.configs], {**row.train, **row.eval})
+            config = compose([REPO / c for c in self.configs], {**self.profile_overrides, **row.train, **row.eval})
             cost = self.cost(row)
             paper = f"{row.paper_multiply_adds:.2f}B" if row.paper_multiply_adds else "-"
             miou = f"{row.paper_miou:.2f}%" if row.paper_miou else "-"
@@ -174,8 +184,8 @@ class Plan:
             if not row.reproducible:
                 lines.append(f"{'':<38} ↳ not reproducible here: {row.note}")
         n = len(self.seeds)
-        lines += ["", "Multiply-Adds at 513×513 for the whole evaluation protocol. TF: counted as tfprof counts the "
-                      "official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
+        lines += ["", f"Multiply-Adds at {self.canvas()} for the whole evaluation protocol. TF: counted as tfprof "
+                      "counts the official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
                       "plain: what this code executes.",
                   f"{len(self.trainings()) * n} trainings, {len(self.rows()) * n} evaluations"
                   + (f" ({n} seeds)" if n > 1 else "")]
