@@ -34,7 +34,7 @@ from official.weights import official_value
 
 OFFICIAL = Path(__file__).parent / "official"
 #: the fixture's networks and the official training flags a checkpoint does not record
-NETWORKS = {"xception65": {}, "xception71": {}, "mobilenet_v2": {}, "resnet_v1_101_beta": {"multi_grid": [1, 2, 4]}}
+NETWORKS = {"xception65": {}, "mobilenet_v2": {}, "resnet_v1_101_beta": {"multi_grid": [1, 2, 4]}}
 CASES = ("os16_odd", "os16_even", "os8_odd", "os16_aligned")
 ZOO = "deeplabv3_mnv2_pascal_train_aug"
 
