@@ -98,6 +98,18 @@ class Plan:
         """The row's config (the table's unless the row names its own), the extra ones, the smoke overlay."""
         return [self.table.config_of(row), *self.extra_configs, *(SMOKE_CONFIGS if self.profile == "smoke" else ())]
 
+    @property
+    def profile_overrides(self) -> dict[str, Any]:
+        """The table's own smoke overrides (`Table.smoke`) under `--profile smoke`; none otherwise."""
+        return dict(self.table.smoke) if self.profile == "smoke" else {}
+
+    def canvas(self) -> str:
+        """The evaluation canvas the Multiply-Adds are counted at: "513×513" (VOC), "1025×2049" (Cityscapes)."""
+        from experiments.cli.parse_only import eval_protocol
+
+        canvas = eval_protocol(self.resolved(self.table.rows[0])).canvas
+        return "×".join(map(str, canvas)) if canvas else "each image's aligned canvas"
+
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]
 
@@ -109,7 +121,7 @@ class Plan:
 
     def _common(self, run_dir: Path, name: str, job_type: str, tags: list[str], seed: int,
                 config: dict | None = None) -> dict[str, Any]:
-        overrides: dict[str, Any] = {"seed_everything": seed, "data.seed": seed}
+        overrides: dict[str, Any] = {**self.profile_overrides, "seed_everything": seed, "data.seed": seed}
         if self.data_root:
             overrides["data.root"] = self.data_root
         if self.processes_per_row > 1 and job_type == "train":
@@ -157,7 +169,8 @@ class Plan:
         """The row's evaluation config as `experiments.train` parses it (nothing instantiated)."""
         from experiments.cli.parse_only import config_reader  # imports Lightning: only for costs and the dry run
 
-        return config_reader().parse([REPO / c for c in self.configs], to_cli_args({**row.train, **row.eval}))
+        return config_reader().parse([REPO / c for c in self.configs(row)],
+                                     to_cli_args({**self.profile_overrides, **row.train, **row.eval}))
 
     def cost(self, row: Row, config=None) -> dict[str, float]:
         """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
@@ -192,8 +205,8 @@ class Plan:
             lines += [f"  {row.name} − {self.table.baseline_of(row)}: {row.paper_trimap_gain:+.1f} points"
                       for row in gains]
         n = len(self.seeds)
-        lines += ["", "Multiply-Adds at 513×513 for the whole evaluation protocol. TF: counted as tfprof counts the "
-                      "official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
+        lines += ["", f"Multiply-Adds at {self.canvas()} for the whole evaluation protocol. TF: counted as tfprof "
+                      "counts the official TF graph (atrous convs on their space-to-batch padding), the paper's convention; "
                       "plain: what this code executes.",
                   f"{len(self.trainings()) * n} trainings, {len(self.rows()) * n} evaluations"
                   + (f" ({n} seeds)" if n > 1 else "")]

@@ -12,7 +12,7 @@ from lightning_modules.components.backbones import build_backbone
 from lightning_modules.components.complexity import build_on_meta, count_parameters
 from lightning_modules.components.decoder import parse_refine
 
-BACKBONES = ["resnet101", "resnet50", "xception65", "mobilenet_v2"]
+BACKBONES = ["resnet101", "resnet50", "xception65", "xception71", "mobilenet_v2"]
 
 
 def ceil_div(n: int, d: int) -> int:

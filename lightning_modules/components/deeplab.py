@@ -17,7 +17,7 @@ class DeepLabV3Plus(nn.Module):
     """Every row of the paper's Tables 1, 2, 3 and 5 is a setting of this constructor.
 
     Args:
-        backbone: "resnet101", "resnet50", "xception65" or "mobilenet_v2".
+        backbone: one of `backbones.BACKBONES` ("resnet101", "xception65", "xception71", "mobilenet_v2", …).
         num_classes: 21 for PASCAL VOC.
         output_stride: 8, 16 or 32; change it later with `set_output_stride` (train 16, eval 8).
         weights: backbone ImageNet weights, by name (torchvision enum, timm tag) or a local file.

@@ -7,8 +7,8 @@ A zoo checkpoint becomes a file that `load_model`, `experiments.train validate -
 Which official variable fills which of our tensors is written beside each layer (`official_names()` of the
 network's parts); this module recognises the network, checks every name and shape, and converts.
 
-An ImageNet backbone checkpoint (`xception_65_imagenet`, `resnet_v1_101_beta`, …) becomes a backbone-only file
-for `--model.init_from`: it has no head, so no `net_config`.
+An ImageNet backbone checkpoint (`xception_65_imagenet`, `xception_71_imagenet`, `resnet_v1_101_beta`, …) becomes a
+backbone-only file for `--model.init_from`: it has no head, so no `net_config`.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from .tf_checkpoint import read_tf_checkpoint
 #: official backbone scope → (our backbone, DeepLabV3Plus arguments it needs)
 _BACKBONES = {
     "xception_65": ("xception65", {}),
+    "xception_71": ("xception71", {}),
     "MobilenetV2": ("mobilenet_v2", {"official_layers": True}),
     "resnet_v1_50": ("resnet50_beta", {}),
     "resnet_v1_101": ("resnet101_beta", {}),

@@ -230,6 +230,15 @@ NETWORKS = {
         decoder_use_separable_conv=True,
         multi_grid=None,
     ),
+    # the paper's Cityscapes backbone (Table 7); its decoder taps entry_flow/block3 (feature_extractor.py)
+    "xception71": dict(
+        model_variant="xception_71",
+        atrous_rates={16: [6, 12, 18], 8: [12, 24, 36]},
+        decoder_output_stride=[4],
+        aspp_with_separable_conv=True,
+        decoder_use_separable_conv=True,
+        multi_grid=None,
+    ),
     "mobilenet_v2": dict(
         model_variant="mobilenet_v2",
         atrous_rates={16: None, 8: None},

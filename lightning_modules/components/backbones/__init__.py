@@ -9,7 +9,8 @@ from .resnet import ResNetBackbone
 from .resnet_beta import ResNetBetaBackbone
 from .xception import XceptionBackbone
 
-BACKBONES = ("resnet50", "resnet101", "resnet50_beta", "resnet101_beta", "xception65", "mobilenet_v2")
+BACKBONES = ("resnet50", "resnet101", "resnet50_beta", "resnet101_beta", "xception65", "xception71",
+             "mobilenet_v2")
 
 
 def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[int] | None = None,
@@ -23,8 +24,8 @@ def build_backbone(name: str, weights: str | None = None, multi_grid: Sequence[i
         return ResNetBetaBackbone(int(name[len("resnet"):-len("_beta")]), weights=weights, multi_grid=multi_grid)
     if multi_grid:
         raise ValueError(f"multi_grid is only supported for ResNet backbones, not {name!r}")
-    if name == "xception65":
-        return XceptionBackbone(weights=weights)
+    if name in ("xception65", "xception71"):
+        return XceptionBackbone(weights=weights, depth=int(name[len("xception"):]))
     if name == "mobilenet_v2":
         return MobileNetV2Backbone(weights=weights, official_layers=official_layers)
     raise ValueError(f"unknown backbone {name!r}: expected one of {BACKBONES}")
@@ -44,22 +45,23 @@ def fetch_weights(name: str, weights: str | None) -> None:
     if name.endswith("_beta"):
         raise WeightsUnavailable(f"{name} has no weights by name ({weights!r}); expected a file "
                                  "(experiments.import_official writes one from the official TF checkpoint)")
-    if name == "xception65":
+    timm_model = name.startswith("xception")
+    if timm_model:
         import timm
 
-        tags = [model.split(".", 1)[1] for model in timm.list_pretrained("xception65.*")]
+        tags = [model.split(".", 1)[1] for model in timm.list_pretrained(f"{name}.*")]
         if weights not in tags:
-            raise WeightsUnavailable(f"unknown xception65 weights {weights!r}: expected one of {', '.join(tags)}, "
+            raise WeightsUnavailable(f"unknown {name} weights {weights!r}: expected one of {', '.join(tags)}, "
                                      "or a path to a saved state dict")
-        library = f'timm.create_model("xception65.{weights}", pretrained=True)'
+        library = f'timm.create_model("{name}.{weights}", pretrained=True)'
     else:
         from torchvision.models import get_model_weights
 
         member = torchvision_weights(name, weights, get_model_weights(name))  # ValueError for an unknown name
         library = f'torchvision.models.{name}(weights="{weights}")'
     try:
-        if name == "xception65":
-            timm.create_model(f"xception65.{weights}", pretrained=True, num_classes=0)
+        if timm_model:
+            timm.create_model(f"{name}.{weights}", pretrained=True, num_classes=0)
         else:
             member.get_state_dict(progress=False)
     except Exception as e:  # urllib, huggingface_hub and hash errors: each means "not here"

@@ -1,4 +1,5 @@
-"""Modified aligned Xception-65 from timm (paper §3.2), whose TF-ported weights are the official ones."""
+"""Modified aligned Xception-65 and -71 from timm (paper §3.2, Table 7), whose TF-ported weights are the official
+ones."""
 from __future__ import annotations
 
 import timm
@@ -8,35 +9,48 @@ from timm.models.xception_aligned import XceptionModule
 from ..official import OfficialNames, conv_bn, prefixed
 from .base import Backbone, is_weights_file, set_conv_stride
 
-_ENTRY_BLOCKS = {"stride4": 1, "stride8": 2}
-#: timm's 21 `blocks` in the official scopes: entry flow 3 blocks, middle flow 16 units, exit flow 2 blocks
-_OFFICIAL_UNITS = ([f"entry_flow/block{b}/unit_1" for b in (1, 2, 3)]
-                   + [f"middle_flow/block1/unit_{u}" for u in range(1, 17)]
-                   + [f"exit_flow/block{b}/unit_1" for b in (1, 2)])
+#: entry-flow blocks per depth (official `xception_65` / `xception_71`; timm's block_cfg is the same)
+ENTRY_FLOW = {65: 3, 71: 5}
+#: the entry blocks tapped for the decoder, by depth: the official `networks_to_feature_maps`
+#: (core/feature_extractor.py) — stride 4 is `entry_flow/block2` for xception_65 but `block3` for xception_71,
+#: whose block2 has stride 1; stride 8 is block3 / block5. Each is the block's second pointwise output.
+TAPPED_BLOCKS = {65: {"stride4": 1, "stride8": 2}, 71: {"stride4": 2, "stride8": 4}}
+
+
+def official_units(depth: int) -> list[str]:
+    """timm's `blocks` in the official scopes: the entry flow's blocks, 16 middle units, 2 exit blocks."""
+    return ([f"entry_flow/block{b}/unit_1" for b in range(1, ENTRY_FLOW[depth] + 1)]
+            + [f"middle_flow/block1/unit_{u}" for u in range(1, 17)]
+            + [f"exit_flow/block{b}/unit_1" for b in (1, 2)])
 
 
 class XceptionBackbone(Backbone):
-    """timm `xception65`: entry flow (3 blocks), 16 middle units, exit flow (2 blocks).
+    """timm `xception65` / `xception71`: entry flow (3 / 5 blocks), 16 middle units, exit flow (2 blocks).
 
-    Taps, as the official `feature_extractor.py`: the pointwise output of the second separable conv of
-    entry-flow block 2 (256 ch, stride 4, before the block strides) and of block 3 (728 ch, stride 8),
-    taken before the ReLU that starts the third separable conv. `weights`: a timm tag such as "tf_in1k"
-    (the TF-ported ImageNet weights, inputs in [-1, 1]) or a path to a state dict of
-    `timm.create_model("xception65")`.
+    Xception-71's entry flow is 128 s2, 256 s1, 256 s2, 728 s1, 728 s2 (Xception-65's: 128, 256, 728, all
+    s2); the rest is the same. Taps, as the official `feature_extractor.py`: the pointwise output of the
+    second separable conv of an entry-flow block (`TAPPED_BLOCKS`; 256 ch at stride 4 before the block
+    strides, 728 ch at stride 8), taken before the ReLU that starts the third separable conv. `weights`: a
+    timm tag such as "tf_in1k" (the TF-ported ImageNet weights, inputs in [-1, 1]) or a path to a state
+    dict of `timm.create_model("xception65")` (or "xception71").
     """
 
     normalization = "inception"
     official_bn_momentum = 0.0003  # feature_extractor.py: batch_norm_decay=0.9997 (ε 1e-3, as timm's)
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, depth: int = 65) -> None:
         super().__init__()
+        if depth not in ENTRY_FLOW:
+            raise ValueError(f"Xception depth must be one of {tuple(ENTRY_FLOW)}, got {depth}")
+        self.depth = depth
+        self.taps = TAPPED_BLOCKS[depth]
         from_file = bool(weights) and is_weights_file(weights)
-        name = "xception65" if not weights or from_file else f"xception65.{weights}"
+        name = f"xception{depth}" if not weights or from_file else f"xception{depth}.{weights}"
         self.body = timm.create_model(name, pretrained=bool(weights) and not from_file, num_classes=0)
         del self.body.head
         if from_file:
             self.load_weights_file(weights, ignore_prefixes=("head.",))
-        for index in _ENTRY_BLOCKS.values():
+        for index in self.taps.values():
             # the tap is read before this ReLU, which must not overwrite it
             self.body.blocks[index].stack.act3.inplace = False
         self.channels = {"stride4": 256, "stride8": 728, "out": 2048}
@@ -51,12 +65,12 @@ class XceptionBackbone(Backbone):
             unit.shortcut.conv.stride = (stride, stride)
 
     def official_names(self) -> OfficialNames:
-        """Our `body.*` keys → `xception_65/...`: timm's layers are the official ones one to one (timm's
+        """Our `body.*` keys → `xception_65/...` (`xception_71/...`): timm's layers are the official ones one to one (timm's
         `tf_in1k` weights were converted from the official ImageNet checkpoint), so this is only names."""
         names: OfficialNames = {}
         for i in range(len(self.body.stem)):
             names |= conv_bn(f"body.stem.{i}.conv", f"body.stem.{i}.bn", f"entry_flow/conv1_{i + 1}")
-        for index, (block, scope) in enumerate(zip(self.body.blocks, _OFFICIAL_UNITS, strict=True)):
+        for index, (block, scope) in enumerate(zip(self.body.blocks, official_units(self.depth), strict=True)):
             unit: OfficialNames = {}
             for j in (1, 2, 3):
                 sep = f"/xception_module/separable_conv{j}"
@@ -65,12 +79,12 @@ class XceptionBackbone(Backbone):
             if block.shortcut is not None:
                 unit |= conv_bn("shortcut.conv", "shortcut.bn", "/xception_module/shortcut")
             names |= prefixed(f"body.blocks.{index}.", unit, scope)
-        return prefixed("", names, "xception_65/")
+        return prefixed("", names, f"xception_{self.depth}/")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.body.stem(x)
         taps = {}
-        tap_at = {index: name for name, index in _ENTRY_BLOCKS.items()}
+        tap_at = {index: name for name, index in self.taps.items()}
         for i, block in enumerate(self.body.blocks):
             if i in tap_at:
                 y = x
