@@ -11,7 +11,7 @@ import pytest
 
 import wandb
 
-from experiments.cli.training import main
+from experiments.train import main
 from lightning_modules.run.wandb_offline import read_runs
 from helpers import ROOT, tiny_args
 
