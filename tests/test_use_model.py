@@ -4,6 +4,9 @@ One tiny quickstart-style training on a generated 5-class folder dataset gives t
 other test uses (`shapes_run`, a session fixture in conftest.py)."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,7 @@ from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import fit_args, run_cli, tiny_args
+from helpers import fit_args, run_in_process
 from lightning_modules.pretrained import load_model
 
 
@@ -22,8 +25,9 @@ def _logged_ious(run_dir) -> set[str]:
     return {k.removeprefix("val/iou/") for row in run.history for k in row if k.startswith("val/iou/")}
 
 
-def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
-    root, run_dir, ckpt = shapes_run
+def test_folder_dataset_trains_with_its_own_classes(shapes_run, tmp_path, capsys):
+    shared, run_dir, ckpt = shapes_run
+    root = Path(shutil.copytree(shared, tmp_path / "data"))  # its classes.txt is rewritten below
     ious = _logged_ious(run_dir)
     assert ious and ious <= set(synthetic.FOLDER_CLASSES)
     net = load_model(ckpt)  # the two-line load: no trainer, eval mode, labels from the dataset
@@ -33,7 +37,6 @@ def test_folder_dataset_trains_with_its_own_classes(shapes_run, capsys):
     (root / "classes.txt").write_text("background\nonly one colour 1 2\n")
     with pytest.raises(folder.DatasetError, match=r"classes.txt:2: .*expected 'name' or 'name R G B'"):
         folder.read_classes(root / "classes.txt")
-    (root / "classes.txt").write_text("".join(f"{n}\n" for n in synthetic.FOLDER_CLASSES))
 
 
 def _user_images(directory) -> dict[str, tuple[int, int]]:
@@ -107,11 +110,11 @@ def test_exported_onnx_matches_pytorch_and_predict(shapes_run, tmp_path):
     assert (logits[0].argmax(0) == predicted).mean() >= 0.99
 
 
-def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capsys):
+def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capfd, caplog):
     _, _, ckpt = shapes_run
     root = synthetic.generate_cityscapes(tmp_path / "cityscapes", n_train=8, n_val=4)
     assert cityscapes.main(["--check", str(root)]) == 0
-    assert "val: 4 samples OK" in capsys.readouterr().out
+    assert "val: 4 samples OK" in capfd.readouterr().out
     sample = cityscapes.list_cityscapes_split(root, "val")[0]
     stored = decode_mask(sample.mask)
     _, mask = cityscapes.CityscapesDataModule(str(root)).decoder()(sample)
@@ -119,9 +122,9 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     assert isinstance(sample, Sample) and sample.image.name.endswith("_leftImg8bit.png")
 
     run_dir = tmp_path / "run"
-    result = run_cli(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
-                                f"--model.init_from={ckpt}"))
-    log = result.stdout + result.stderr
+    run_in_process(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir, f"--model.init_from={ckpt}"))
+    captured = capfd.readouterr()
+    log = captured.out + captured.err + caplog.text  # Lightning's log lines reach pytest's handler in this process
     line = next(line for line in log.splitlines() if "init_from" in line)
     assert "classifier.weight (5, 256, 1, 1)→(19, 256, 1, 1)" in line and "classifier.bias (5,)→(19,)" in line
     assert "backbone" not in line.split("not loaded")[1]  # everything else came from the checkpoint
