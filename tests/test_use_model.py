@@ -124,8 +124,8 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     run_dir = tmp_path / "run"
     run_in_process(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir, f"--model.init_from={ckpt}"))
     captured = capfd.readouterr()
-    log = captured.out + captured.err + caplog.text  # Lightning's log lines reach pytest's handler in this process
-    line = next(line for line in log.splitlines() if "init_from" in line)
+    log = caplog.text + captured.out + captured.err  # Lightning's log lines reach pytest's handler in this process
+    line = next(line for line in log.splitlines() if f"init_from {ckpt}: loaded" in line)
     assert "classifier.weight (5, 256, 1, 1)→(19, 256, 1, 1)" in line and "classifier.bias (5,)→(19,)" in line
     assert "backbone" not in line.split("not loaded")[1]  # everything else came from the checkpoint
     ious = _logged_ious(run_dir)
