@@ -4,30 +4,20 @@ tests elsewhere (test_use_model.py, test_distributed.py); SyncBN numerics need a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
-import pytest
-
-import wandb
-
-from experiments.measure import device_check
 from helpers import ROOT
 
 
-@pytest.fixture(autouse=True)
-def no_wandb_run_left_behind():
-    """The check's Lightning runs happen in this process: none leaves a W&B run open for the next test."""
-    yield
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def test_device_check_small_mode_runs_every_part(voc_root, tmp_path, capfd, monkeypatch):
+def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
     out = tmp_path / "check"
-    monkeypatch.chdir(ROOT)  # in this process: the tool's own work, not an interpreter's start
-    status = device_check.main(["--small", "--out", str(out), "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
-                                "--parts", "lightning,backbones,compile"])
-    captured = capfd.readouterr()
-    assert status == 0, captured.out[-2000:] + captured.err[-3000:]
+    result = subprocess.run([sys.executable, "-m", "experiments.measure.device_check", "--small", "--out", str(out),
+                             "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
+                             "--parts", "lightning,backbones,compile"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
     parts = report["parts"]
     for name in ("lightning", "backbones"):
@@ -41,7 +31,7 @@ def test_device_check_small_mode_runs_every_part(voc_root, tmp_path, capfd, monk
     assert train["logged_images_per_s"] > 0 and train["ratio_steady"] > 0
     assert set(parts["backbones"]["result"]) == {"mobilenet_v2"}
     table = (out / "device_check.md").read_text()
-    assert table == captured.out[-len(table):]
+    assert table == result.stdout[-len(table):]
     for header in ("| part | status | seconds |",
                    "| loop | steady ms/step | mean img/s | peak MB | MFU | epoch boundary ms | validation s |",
                    "| backbone | GFLOP/train image | train img/s | train peak MB | MFU | logged / wall img/s | "

@@ -12,7 +12,7 @@ import torch
 
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import run_cli, run_in_process, tiny_args
+from helpers import run_cli, tiny_args
 from lightning_modules.run.checkpoints import read_step
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
@@ -23,17 +23,14 @@ from lightning_modules.run.wandb_logger import wandb_offline
 
 def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
     run_dir = tmp_path / "run"
-    run_in_process("fit", *tiny_args(voc_root, run_dir, max_steps=4))
+    run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=4))
     (train_run,) = read_runs(run_dir)
     assert train_run.job_type == "train" and train_run.tags == ["quickstart"]
     assert train_run.config["git_commit"] and train_run.config["packages"]["torch"] == torch.__version__.split("+")[0]
     assert train_run.config["config"]["model"]["net"]["init_args"]["backbone"] == "mobilenet_v2"
     (step, fit_miou), = train_run.metric("val/mIoU")
     assert train_run.summary["val/mIoU"]["max"] == pytest.approx(fit_miou)
-    # one validation: the mean of the classes it logged (those present), and the run record's figure
-    ious = [v for row in train_run.history for k, v in row.items() if k.startswith("val/iou/")]
-    assert ious and fit_miou == pytest.approx(sum(ious) / len(ious))
-    assert read_results(run_dir)["fit"]["metrics"]["val/mIoU"] == pytest.approx(fit_miou)
+    assert read_results(run_dir)["fit"]["metrics"]["val/mIoU"] == pytest.approx(fit_miou)  # the run record's figure
     for key in ("speed/multiply_adds", "speed/multiply_adds_tf", "speed/parameters", "speed/train_images_per_s",
                 "speed/eval_images_per_s", "speed/eval_ms_per_image", "speed/train_peak_memory_mb",
                 "speed/eval_peak_memory_mb", "train/loss", "lr-SGD/decay", "lr-SGD/no_decay", "speed/train_ms_per_step",
@@ -47,14 +44,14 @@ def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
 
     last = next(run_dir.rglob("last.ckpt"))
     eval_dir = tmp_path / "eval"
-    run_in_process("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
+    run_cli("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
             "--trainer.logger.init_args.job_type=eval")
     (eval_run,) = read_runs(eval_dir)
     assert eval_run.job_type == "eval"
     assert eval_run.metric("val/mIoU")[0][1] == pytest.approx(fit_miou, abs=1e-6)
 
     ms_dir = tmp_path / "eval-ms"
-    run_in_process("validate", *tiny_args(voc_root, ms_dir), f"--ckpt_path={last}", "--model.eval_output_stride=8",
+    run_cli("validate", *tiny_args(voc_root, ms_dir), f"--ckpt_path={last}", "--model.eval_output_stride=8",
             "--model.eval_scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "--model.eval_flip=true")
     (ms_run,) = read_runs(ms_dir)
     assert ms_run.metric("val/mIoU") and ms_run.summary["speed/multiply_adds"] > 12 * eval_run.summary["speed/multiply_adds"]
@@ -84,10 +81,9 @@ def resume_config(directory, name: str, kill: int | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def straight(voc_root, tmp_path_factory):
-    """TOTAL steps in one uninterrupted run: the reference every interrupted-and-resumed run must equal (in this
-    process: bitwise the same as in a fresh one)."""
+    """TOTAL steps in one uninterrupted run: the reference every interrupted-and-resumed run must equal."""
     work = tmp_path_factory.mktemp("straight")
-    run_in_process("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
+    run_cli("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
     return work / "run"
 
 
@@ -143,8 +139,7 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(vo
             continue
         assert run.returncode == -9, run.stderr[-2000:]
         assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
-    # the last resume in this process: the interruptions above are what needs processes of their own
-    run_in_process("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
     assert_same_training(straight, interrupted, processes=4)
     assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 

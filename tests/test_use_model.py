@@ -16,7 +16,7 @@ from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import fit_args, run_in_process
+from helpers import fit_args, run_cli, tiny_args
 from lightning_modules.pretrained import load_model
 
 
@@ -110,11 +110,11 @@ def test_exported_onnx_matches_pytorch_and_predict(shapes_run, tmp_path):
     assert (logits[0].argmax(0) == predicted).mean() >= 0.99
 
 
-def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capfd, caplog):
+def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capsys):
     _, _, ckpt = shapes_run
     root = synthetic.generate_cityscapes(tmp_path / "cityscapes", n_train=8, n_val=4)
     assert cityscapes.main(["--check", str(root)]) == 0
-    assert "val: 4 samples OK" in capfd.readouterr().out
+    assert "val: 4 samples OK" in capsys.readouterr().out
     sample = cityscapes.list_cityscapes_split(root, "val")[0]
     stored = decode_mask(sample.mask)
     _, mask = cityscapes.CityscapesDataModule(str(root)).decoder()(sample)
@@ -122,10 +122,10 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     assert isinstance(sample, Sample) and sample.image.name.endswith("_leftImg8bit.png")
 
     run_dir = tmp_path / "run"
-    run_in_process(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir, f"--model.init_from={ckpt}"))
-    captured = capfd.readouterr()
-    log = caplog.text + captured.out + captured.err  # Lightning's log lines reach pytest's handler in this process
-    line = next(line for line in log.splitlines() if f"init_from {ckpt}: loaded" in line)
+    result = run_cli(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
+                                f"--model.init_from={ckpt}"))
+    log = result.stdout + result.stderr
+    line = next(line for line in log.splitlines() if "init_from" in line)
     assert "classifier.weight (5, 256, 1, 1)→(19, 256, 1, 1)" in line and "classifier.bias (5,)→(19,)" in line
     assert "backbone" not in line.split("not loaded")[1]  # everything else came from the checkpoint
     ious = _logged_ious(run_dir)
