@@ -36,6 +36,20 @@ def _no_shared_wandb_service():
     os.environ.pop("WANDB_SERVICE", None)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_random():
+    """Every test starts from the same global random state (torch, numpy, random; seed 0), whatever ran before
+    it in this process: an unseeded `torch.randn` draws the same numbers alone and in the whole suite."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def voc_root(tmp_path_factory) -> Path:
     """The generated dataset (VOC train 30, val 16, SBD-only 26): never modify it in a test."""
@@ -53,11 +67,13 @@ def voc_copy(voc_root, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def shapes_run(tmp_path_factory):
     """(dataset root, run directory, last.ckpt) of 2 training steps (MobileNetV2, decoder) on the generated
-    5-class folder dataset: the trained checkpoint that prediction, export and checkpoint checks use."""
-    from helpers import fit_args, run_cli
+    5-class folder dataset: the trained checkpoint that prediction, export and checkpoint checks use. Trained in
+    this process (no interpreter of its own); never modify it in a test (copy it)."""
+    from helpers import fit_args, run_in_process
 
     tmp = tmp_path_factory.mktemp("shapes")
     root = synthetic.generate_folder(tmp / "data", n_train=8, n_val=4)
     run_dir = tmp / "run"
-    run_cli(*fit_args("datamodules.folder.FolderDataModule", root, run_dir))
+    run_in_process(*fit_args("datamodules.folder.FolderDataModule", root, run_dir))
+    os.environ.pop("WANDB_SERVICE", None)  # the tests' own subprocesses start their own W&B service
     return root, run_dir, next(run_dir.rglob("last.ckpt"))

@@ -1,7 +1,9 @@
 """Callbacks and runners the training tests plug into the real CLI."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -50,6 +52,52 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
     if check and result.returncode != 0:
         raise AssertionError(f"experiments.train {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def run_in_process(*args: str):
+    """`python -m experiments.train *args` in this process (no interpreter start, no imports, no W&B service
+    start of its own: seconds per run): for tests where the process boundary is not what they check. Returns
+    the LightningCLI; a user error raises SystemExit as the command exits. Output: read it with `capfd`."""
+    import wandb
+
+    from experiments import train
+
+    with contextlib.chdir(ROOT):  # config paths are relative to the repository, as for run_cli
+        try:
+            return train.main(list(args))
+        finally:  # Lightning's WandbLogger would reuse a run left open by this one
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def console_of_run(request, *args: str) -> str:
+    """What `python -m experiments.train *args` shows on its console (stdout, stderr and Lightning's log lines),
+    from a run in this process: for fixtures wider than a test, which cannot use `capfd`/`caplog`. With pytest's
+    capturing off (`-s`) there is nothing to read back, and the run gets a process of its own."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None or not capture.is_globally_capturing():
+        result = run_cli(*args)
+        return result.stdout + result.stderr
+    capture.read_global_capture()  # what came before is not this run's
+    handler = LogLines()
+    logging.getLogger().addHandler(handler)  # under pytest, Lightning's loggers propagate to the root logger
+    try:
+        run_in_process(*args)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        out, err = capture.read_global_capture()
+    return "\n".join([out, err, *handler.lines])
+
+
+class LogLines(logging.Handler):
+    """Keeps the messages of the log records it gets (INFO and up)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def tiny_args(voc_root: Path, run_dir: Path, max_steps: int = 4, **extra: str) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,13 +21,14 @@ from PIL import Image
 
 from experiments import export, predict
 from experiments.import_official import main as import_official_main
-from helpers import ROOT, run_cli, tiny_args
+from helpers import run_in_process, tiny_args
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.components.backbones.resnet_beta import ResNetBetaBackbone
 from lightning_modules.components.official import tf_shape
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.components.inference import labels_from, predict_probabilities
-from lightning_modules.official.importer import OfficialCheckpointError, convert, import_official
+from lightning_modules.official.importer import OfficialCheckpointError, convert, import_official, sha256
+from lightning_modules.official.tf_checkpoint import read_tf_checkpoints
 from lightning_modules.pretrained import load_model, load_network_weights
 from official.weights import official_value
 
@@ -45,12 +45,6 @@ def manifest(network: str) -> list[dict]:
 
 def official_arrays(variables: list[dict]) -> dict[str, np.ndarray]:
     return {v["name"]: official_value(v["name"], tuple(v["shape"])) for v in variables}
-
-
-def import_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "experiments.import_official", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +80,15 @@ def tf_checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def imported(tf_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """The three networks converted as `import_official` converts them, read by one TensorFlow child (whose
+    import takes seconds); `import_official` itself: the zoo tarball and ImageNet tests below."""
     out = tmp_path_factory.mktemp("imported")
+    prefixes = [tf_checkpoints / network / "model.ckpt" for network in NETWORKS]
     paths = {}
-    for network, flags in NETWORKS.items():
+    for (network, flags), prefix, (variables, dropped) in zip(NETWORKS.items(), prefixes, read_tf_checkpoints(prefixes)):
         paths[network] = out / f"{network}.ckpt"
-        import_official(tf_checkpoints / network / "model.ckpt", paths[network], **flags)
+        converted = convert(variables, dropped, str(prefix), sha256(prefix, prefix), **flags)
+        torch.save(converted.checkpoint, paths[network])
     return paths
 
 
@@ -125,13 +123,15 @@ def test_imported_network_computes_the_official_outputs(imported, network):
     assert (labels == case["labels_ms_flip"]).mean() >= 0.999
 
 
-def test_zoo_tarball_imports_then_validates_predicts_exports_and_fine_tunes(tf_checkpoints, voc_root, tmp_path):
+def test_zoo_tarball_imports_then_validates_predicts_exports_and_fine_tunes(tf_checkpoints, voc_root, tmp_path, capfd,
+                                                                           caplog):
+    """The whole path in this process (the TensorFlow read in its own child, as always)."""
     tarball = tf_checkpoints / f"{ZOO}_2018_01_29.tar.gz"
     ckpt = tmp_path / "mobilenetv2_voc.ckpt"
-    result = import_cli(str(tarball), "--output", str(ckpt))
-    assert result.returncode == 0, result.stderr
+    assert import_official_main([str(tarball), "--output", str(ckpt)]) == 0
+    out = capfd.readouterr().out
     slots = sum(v["name"].endswith("weights") for v in manifest("mobilenet_v2"))
-    assert f"dropped on purpose: {slots + 1} (Momentum, global_step)" in result.stdout, result.stdout
+    assert f"dropped on purpose: {slots + 1} (Momentum, global_step)" in out, out
     checkpoint = torch.load(ckpt, weights_only=True)
     assert checkpoint["official"]["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
     assert checkpoint["net_config"]["official_layers"] and checkpoint["net_config"]["decoder"] == "none"
@@ -139,10 +139,10 @@ def test_zoo_tarball_imports_then_validates_predicts_exports_and_fine_tunes(tf_c
     config = ckpt.with_suffix(".yaml")
 
     run_dir = tmp_path / "runs"
-    validated = run_cli("validate", "--config", str(config), "--ckpt_path", str(ckpt), f"--data.root={voc_root}",
-                        "--data.num_workers=0", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-                        f"--trainer.logger.init_args.save_dir={run_dir / 'validate'}")
-    assert "val/mIoU" in validated.stdout
+    run_in_process("validate", "--config", str(config), "--ckpt_path", str(ckpt), f"--data.root={voc_root}",
+                   "--data.num_workers=0", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+                   f"--trainer.logger.init_args.save_dir={run_dir / 'validate'}")
+    assert "val/mIoU" in capfd.readouterr().out
 
     first = sorted((voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages").iterdir())[0]
     assert predict.main(["--ckpt_path", str(ckpt), "--input", str(first), "--output", str(tmp_path / "pred")]) == 0
@@ -155,10 +155,11 @@ def test_zoo_tarball_imports_then_validates_predicts_exports_and_fine_tunes(tf_c
     exported = torch.export.load(program).module()(rgb)[0].argmax(0).numpy()
     assert (exported == mask).mean() >= 0.99
 
-    fit = run_cli("fit", *tiny_args(voc_root, run_dir / "fit", max_steps=2), "--config", str(config),
-                  f"--model.init_from={ckpt}")
-    assert f"init_from {ckpt}: loaded" in fit.stdout + fit.stderr
-    assert "kept as initialised: none" in fit.stdout + fit.stderr
+    caplog.clear()
+    run_in_process("fit", *tiny_args(voc_root, run_dir / "fit", max_steps=2), "--config", str(config),
+                   f"--model.init_from={ckpt}")
+    log = caplog.text  # Lightning's log lines reach pytest's handler in this process
+    assert f"init_from {ckpt}: loaded" in log and "kept as initialised: none" in log
 
 
 def test_imagenet_backbone_checkpoint_initialises_the_backbone(tf_checkpoints, tmp_path):

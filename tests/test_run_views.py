@@ -13,23 +13,24 @@ from datamodules.check import SHOWN
 from experiments import summary
 from experiments.predict import segment
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from helpers import console_of_run, tiny_args
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.pretrained import load_model
 
 
 @pytest.fixture(scope="module")
-def two_runs(voc_root, tmp_path_factory):
+def two_runs(voc_root, tmp_path_factory, request):
     """Two quickstart-style runs that differ in the learning rate (fp32: exact predictions to compare), and their
-    console output: 4 steps validated on 4 images (the W&B pictures), then 2 steps on 1 (only to be summarised)."""
+    console output: 4 steps validated on 4 images (the W&B pictures), then 2 steps on 1 (only to be summarised).
+    Both in this process."""
     tmp = tmp_path_factory.mktemp("runs")
     runs = []
     for lr, steps, val_batches in (("0.02", 4, "4"), ("0.01", 2, "1")):
         run_dir = tmp / f"lr{lr}"
-        result = run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=steps, **{
+        log = console_of_run(request, "fit", *tiny_args(voc_root, run_dir, max_steps=steps, **{
             "model.lr": lr, "trainer.precision": "32-true", "model.channels_last": "false",
             "trainer.limit_val_batches": val_batches}))
-        runs.append((run_dir, result.stdout + result.stderr))
+        runs.append((run_dir, log))
     return runs
 
 

@@ -22,16 +22,15 @@ HERE = Path(__file__).resolve().parent / "slurm"
 
 
 def _can_run_slurm() -> str | None:
+    """Why this machine cannot start the local cluster, or None. SLURM is installed by `.ci/run` (or by hand:
+    `apt-get install --no-install-recommends slurmctld slurmd slurm-client munge`), never by a test."""
+    search = f"{os.environ['PATH']}{os.pathsep}/usr/sbin"
+    missing = [name for name in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(name, path=search) is None]
+    if missing:
+        return (f"SLURM is not installed ({', '.join(missing)} not found); .ci/run installs it, or "
+                "apt-get install --no-install-recommends slurmctld slurmd slurm-client munge")
     if os.geteuid() != 0:
         return "needs root to start munged/slurmctld/slurmd"
-    if shutil.which("slurmctld") is None:
-        if shutil.which("apt-get") is None:
-            return "SLURM is not installed and there is no apt-get to install it"
-        install = subprocess.run("apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge "
-                                 "|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends "
-                                 "slurmctld slurmd slurm-client munge)", shell=True, capture_output=True, text=True)
-        if install.returncode != 0:
-            return f"installing Debian's SLURM packages failed: {install.stderr[-500:]}"
     return None
 
 
@@ -128,10 +127,9 @@ def test_table_on_slurm_submits_returns_and_reports_with_two_process_ddp(slurm, 
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
-    start = time.time()
-    first = run(*cluster)
+    first = run(*cluster)  # returns at once (nothing waits here), within run()'s timeout
     returned = time.time()
-    assert returned - start < 60 and "submitted 3 SLURM jobs; nothing waits here" in first  # train, eval, summary
+    assert "submitted 3 SLURM jobs; nothing waits here" in first  # train, eval, summary
     assert run(*cluster).count("submitted 0 SLURM jobs") == 1  # pending or running: nothing submitted twice
     states = set()
     deadline = time.time() + 600

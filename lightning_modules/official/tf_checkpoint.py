@@ -5,7 +5,9 @@ none. It runs in a child process because importing tensorflow-cpu 2.21 before to
 process segfaults at torchvision's import (and torch is always imported first here), and so that its
 threads and memory end with the read.
 
-    python -m lightning_modules.official.tf_checkpoint model.ckpt out.npz   # what `read_tf_checkpoint` runs
+    python -m lightning_modules.official.tf_checkpoint model.ckpt out.npz [other.ckpt other.npz ...]
+
+(what `read_tf_checkpoints` runs: several checkpoints share one child, and TensorFlow's import, seconds, once)
 """
 from __future__ import annotations
 
@@ -24,33 +26,55 @@ NOT_THE_NETWORK = re.compile(r"(^|/)global_step$|/(Momentum|Adam|Adam_1|RMSProp|
 _ERROR = "tf_checkpoint error: "
 
 
-def read_tf_checkpoint(prefix: str | Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+Variables = tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]
+
+
+def read_tf_checkpoint(prefix: str | Path) -> Variables:
     """(network variables by name, {dropped name: shape}) of the checkpoint `prefix` (`model.ckpt` for the
     files `model.ckpt.index` + `model.ckpt.data-*`). Raises ValueError with TensorFlow's one-line reason
     for a torn or foreign file; ImportError when TensorFlow is not installed."""
+    return read_tf_checkpoints([prefix])[0]
+
+
+def read_tf_checkpoints(prefixes: list[str | Path]) -> list[Variables]:
+    """`read_tf_checkpoint` of each prefix, all in one child process; the first unreadable one raises."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "variables.npz"
-        run = subprocess.run([sys.executable, "-m", __name__, str(prefix), str(out)], capture_output=True, text=True)
+        outs = [Path(tmp) / f"variables{i}.npz" for i in range(len(prefixes))]
+        pairs = [str(arg) for prefix, out in zip(prefixes, outs) for arg in (prefix, out)]
+        run = subprocess.run([sys.executable, "-m", __name__, *pairs], capture_output=True, text=True)
         lines = [line for line in run.stderr.splitlines() if line.startswith(_ERROR)]
         if run.returncode != 0:
             if lines:
                 reason = lines[-1][len(_ERROR):]
                 raise (ImportError if reason.startswith("no tensorflow") else ValueError)(reason)
             tail = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
-            raise ValueError(f"{prefix}: TensorFlow could not read the checkpoint ({tail[0]})")
-        with np.load(out, allow_pickle=False) as saved:
-            names = json.loads(str(saved["names"]))
-            variables = {name: saved[f"v{i}"] for i, name in enumerate(names["read"])}
-        return variables, {name: tuple(shape) for name, shape in names["dropped"].items()}
+            raise ValueError(f"{', '.join(map(str, prefixes))}: TensorFlow could not read the checkpoint ({tail[0]})")
+        return [_load(out) for out in outs]
 
 
-def _main(prefix: str, out: str) -> int:
+def _load(out: Path) -> Variables:
+    with np.load(out, allow_pickle=False) as saved:
+        names = json.loads(str(saved["names"]))
+        variables = {name: saved[f"v{i}"] for i, name in enumerate(names["read"])}
+    return variables, {name: tuple(shape) for name, shape in names["dropped"].items()}
+
+
+def _main(*pairs: str) -> int:
+    """Read each (prefix, out.npz) pair; stop at the first unreadable checkpoint."""
     try:
         import tensorflow as tf
     except ImportError:
         print(f"{_ERROR}no tensorflow: converting an official checkpoint needs it "
               "(pip install -r requirements-tf.txt); a converted file does not", file=sys.stderr)
         return 2
+    for prefix, out in zip(pairs[::2], pairs[1::2]):
+        status = _read(tf, prefix, out)
+        if status:
+            return status
+    return 0
+
+
+def _read(tf, prefix: str, out: str) -> int:
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
@@ -66,4 +90,4 @@ def _main(prefix: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(*sys.argv[1:3]))
+    sys.exit(_main(*sys.argv[1:]))
