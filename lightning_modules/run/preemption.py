@@ -20,7 +20,8 @@ STOP_STATUS = {int(signal.SIGTERM): 143, int(signal.SIGINT): 130}
 
 class Preemption(L.Callback):
     """A signal during `fit` finishes the running step, saves `hpc_ckpt_<step>.ckpt` in the run directory,
-    prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`.
+    prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`. During a
+    validation it stops at the next val batch (`ValidationStopped`) and the resumed run validates again.
 
     - SIGTERM (Kubernetes, spot VMs, most batch systems, `scancel`) and SIGINT (Ctrl+C): the process exits
       with 143 or 130 (`STOP_STATUS`, set by `experiments.train`), so `fit ... && validate ...` and job
