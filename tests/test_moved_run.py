@@ -27,7 +27,8 @@ def _fit(voc_root, run_dir: Path, stop_at: int | None, resume: bool) -> None:
     """8 steps validated every 2 (one batch), periodic checkpoints every 2 (base.yaml keeps the 2 newest)
     and the best by val/mIoU; SIGTERM when step `stop_at` starts stops the run after it (exit 143)."""
     args = ["fit", *tiny_args(voc_root, run_dir, 8), "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=1", "--checkpoint_every_n_train_steps=2"]
+            "--trainer.limit_val_batches=1", "--checkpoint_every_n_train_steps=2",
+            "--trainer.precision=32-true"]  # bf16 is slow on CPUs without bf16 instructions
     if stop_at is not None:
         signal_at = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": stop_at}})
         args.append(f"--trainer.callbacks+={signal_at}")

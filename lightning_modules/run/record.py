@@ -197,7 +197,7 @@ class RunRecord(Logger, L.Callback):
         self.count = len(keep)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.stage = stage
+        self.stage = str(getattr(stage, "value", stage))  # a plain str: it goes into checkpoints (pending_point)
         self._trainer = trainer
         if not trainer.is_global_zero:
             return
