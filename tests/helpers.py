@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,37 @@ class SignalAtStep(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and not self.sent:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 1
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.sent == 1:
+            os.kill(os.getpid(), self.signum)
+            self.sent = 2
+
+
+class KillAfterCheckpoint(Checkpoint):
+    """SIGKILL the process right after the step checkpoint of step `step` is written, before Lightning logs
+    the batch that led to it. A `Checkpoint` so that Lightning runs it after the checkpoint callbacks
+    listed before it (it moves checkpoint callbacks last, in their order)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalInValidation(Callback):
+    """Send this process `signum` when the first batch of the validation after step `step` starts, and again
+    while the checkpoint it causes is being written."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.signum, self.sent = step, signum, 0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking and not self.sent:
             os.kill(os.getpid(), self.signum)
             self.sent = 1
 

@@ -67,15 +67,19 @@ trainer:
 """
 
 
-#: 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps
+#: 56 trainaug samples / batch 4 = 14 steps per epoch; a checkpoint every 7 steps; one validation, after step 24
 TOTAL = 32
-COMMON = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=0"]
+VALIDATED = 24
+COMMON = ["--data.num_workers=2", "--data.persistent_workers=false", "--trainer.limit_val_batches=2",
+          f"--trainer.val_check_interval={VALIDATED}"]
 
 
-def resume_config(directory, name: str, kill: int | None = None) -> str:
+def resume_config(directory, name: str, kill: int | None = None, killer: str = "KillAtStep") -> str:
+    """`killer`: KillAtStep (when step `kill` starts) or KillAfterCheckpoint (right after the step checkpoint
+    of step `kill` is written, before Lightning logs the batch that led to it)."""
     path = directory / f"{name}.yaml"
     path.write_text(RESUME_CONFIG.format(every=7, kill="" if kill is None else textwrap.indent(
-        f"- class_path: helpers.KillAtStep\n  init_args: {{step: {kill}}}", "    ")))
+        f"- class_path: helpers.{killer}\n  init_args: {{step: {kill}}}", "    ")))
     return f"--config={path}"
 
 
@@ -108,24 +112,37 @@ def assert_same_training(straight, interrupted, processes: int) -> None:
     assert all(loss == losses_straight[s] for s, loss in logged)
     records = [r["step"] for r in read_records(interrupted / "metrics.jsonl") if "train/loss" in r["metrics"]]
     assert sorted(records) == list(range(TOTAL))
+    # the validation, stopped half-way by SIGTERM and done again on resume: logged once, as in the straight run
+    (step, miou), = read_runs(straight)[0].metric("val/mIoU")
+    assert step == VALIDATED - 1
+    assert [(r["step"], r["metrics"]["val/mIoU"]) for r in read_records(interrupted / "metrics.jsonl")
+            if "val/mIoU" in r["metrics"]] == [(step, pytest.approx(miou))]
+    assert [pair for run in runs for pair in run.metric("val/mIoU")] == [(step, pytest.approx(miou))]
 
 
-def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(voc_root, tmp_path, straight):
+def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc_root, tmp_path, straight):
     """N steps in one run == the same steps SIGKILLed at an epoch end, stopped by SIGTERM at a random step (sent
-    again while its checkpoint is written), SIGKILLed mid-epoch, and resumed each time: same weights, losses and
-    W&B run, and `last.ckpt` is the final step with no `last-v1.ckpt` beside it."""
+    again while its checkpoint is written), SIGKILLed mid-epoch right after a step checkpoint is written (before
+    Lightning logs that batch), stopped by SIGTERM during a validation, and resumed each time: same weights,
+    losses, validation and W&B run, every step logged once, and `last.ckpt` is the final step with no
+    `last-v1.ckpt` beside it."""
     # Killed at step 14 (its checkpoint closed epoch 0: the saved loader position is spent) and at step 21
-    # (mid-epoch 1); SIGTERM between them, where no periodic checkpoint falls.
+    # (mid-epoch 1); SIGTERM between them, where no periodic checkpoint falls, and in the validation after 24.
     seed = int(os.environ.get("TEST_SEED", random.SystemRandom().randrange(2**32)))
     term = random.Random(seed).randrange(14, 20)
     print(f"SIGTERM when step {term} starts (seed {seed}; rerun with TEST_SEED={seed})")
     interrupted = tmp_path / "interrupted"
+    preemption = "--trainer.callbacks+=lightning_modules.run.preemption.Preemption"
     resume: list[str] = []
-    for kill in (14, "term", 21):
+    for kill in (14, "term", 21, "term_in_validation"):
         if kill == "term":
             callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": term}})
-            extra = [resume_config(tmp_path, "plain"), "--trainer.callbacks+=lightning_modules.run.preemption.Preemption",
-                     f"--trainer.callbacks+={callback}"]
+            extra = [resume_config(tmp_path, "plain"), preemption, f"--trainer.callbacks+={callback}"]
+        elif kill == "term_in_validation":
+            callback = json.dumps({"class_path": "helpers.SignalInValidation", "init_args": {"step": VALIDATED}})
+            extra = [resume_config(tmp_path, "plain"), preemption, f"--trainer.callbacks+={callback}"]
+        elif kill == 21:
+            extra = [resume_config(tmp_path, f"kill{kill}", kill, killer="KillAfterCheckpoint")]
         else:
             extra = [resume_config(tmp_path, f"kill{kill}", kill)]
         run = run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, *extra, *resume, check=False)
@@ -137,10 +154,21 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_a_sigterm(vo
                     in run.stdout + run.stderr), run.stderr[-3000:]
             assert read_step(saved) == term + 1 and read_results(interrupted)["fit"]["finished"] is False
             continue
+        if kill == "term_in_validation":  # at the validation's second batch, not after it and one more step
+            assert run.returncode == 143, run.stderr[-3000:]
+            saved = interrupted / f"hpc_ckpt_{VALIDATED}.ckpt"
+            assert (f"Signal SIGTERM during validation (it runs again on resume): saved {saved} at step "
+                    f"{VALIDATED}; resume with --ckpt_path last" in run.stdout + run.stderr), run.stderr[-3000:]
+            assert "Traceback" not in run.stderr and read_step(saved) == VALIDATED
+            assert not any("val/mIoU" in r["metrics"] for r in read_records(interrupted / "metrics.jsonl"))
+            continue
         assert run.returncode == -9, run.stderr[-2000:]
         assert max(int(p.stem.split("-")[1]) for p in interrupted.rglob("step-*.ckpt")) == kill
+        if kill == 21:  # killed before the loss of the batch that led to the step-21 checkpoint was logged
+            assert not [r for r in read_records(interrupted / "metrics.jsonl")
+                        if r["step"] == kill - 1 and "train/loss" in r["metrics"]]
     run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
-    assert_same_training(straight, interrupted, processes=4)
+    assert_same_training(straight, interrupted, processes=5)
     assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 
 

@@ -263,7 +263,53 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:
     return str(newest)
 
 
-class StepCheckpoint(ModelCheckpoint):
+def moved_state(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """ModelCheckpoint's state with every path under its recorded directory `old` moved under `new` (the
+    same file names); other paths, empty ones and scores unchanged."""
+    def move(path: Any) -> Any:
+        if not path:
+            return path
+        try:
+            return str(Path(new) / Path(path).relative_to(old))
+        except ValueError:  # not under the checkpoint directory
+            return path
+
+    moved = {**state, "dirpath": new}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in moved:
+            moved[key] = move(moved[key])
+    if isinstance(moved.get("best_k_models"), dict):
+        moved["best_k_models"] = {move(path): score for path, score in moved["best_k_models"].items()}
+    return moved
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose best-checkpoint tracking and retention follow the run folder.
+
+    ModelCheckpoint stores absolute (or as-given) paths — best, top-k, last — and restores them only when
+    its directory is the one recorded in the checkpoint. A run folder that was moved, or is reached through
+    another path (a symlink, another mount point), would restart best tracking and never delete the old
+    top-k files, which pile up. Here the recorded paths are mapped to the same names under the current
+    directory, so `save_top_k` and the best score carry on (`--ckpt_path last` after a move)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("dirpath")
+        if recorded and self.dirpath and str(recorded) != str(self.dirpath):
+            rank_zero_info(f"Run folder moved: checkpoints recorded in {recorded} are tracked in {self.dirpath}")
+            state_dict = moved_state(state_dict, str(recorded), str(self.dirpath))
+        super().load_state_dict(state_dict)
+
+    @property
+    def state_key(self) -> str:
+        # base.yaml's best checkpoint was Lightning's ModelCheckpoint, whose key is its class name: the same
+        # key lets a run started then resume its best tracking
+        key = super().state_key
+        if type(self) is RunCheckpoint:
+            key = key.replace(RunCheckpoint.__qualname__, ModelCheckpoint.__qualname__, 1)
+        return key
+
+
+class StepCheckpoint(RunCheckpoint):
     """ModelCheckpoint whose `last.ckpt` always holds the final step.
 
     Lightning writes `last.ckpt` at the end of training only if it never wrote one before, so with

@@ -20,7 +20,8 @@ STOP_STATUS = {int(signal.SIGTERM): 143, int(signal.SIGINT): 130}
 
 class Preemption(L.Callback):
     """A signal during `fit` finishes the running step, saves `hpc_ckpt_<step>.ckpt` in the run directory,
-    prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`.
+    prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`. During a
+    validation it stops at the next val batch (`ValidationStopped`) and the resumed run validates again.
 
     - SIGTERM (Kubernetes, spot VMs, most batch systems, `scancel`) and SIGINT (Ctrl+C): the process exits
       with 143 or 130 (`STOP_STATUS`, set by `experiments.train`), so `fit ... && validate ...` and job
@@ -47,6 +48,7 @@ class Preemption(L.Callback):
         self.checkpoint: Path | None = None
         self._previous: dict[int, object] = {}
         self._launcher = None
+        self._validation_stop = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = self.stopped_by = self.checkpoint = None
@@ -79,15 +81,44 @@ class Preemption(L.Callback):
         signum = self.received if self.received is not None else self.stop_signals[0]  # another rank's
         if 0 < trainer.max_steps <= trainer.global_step:
             return  # the last step: training ends here anyway, with its final checkpoint
-        path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
-        trainer.save_checkpoint(path)
+        # before the save: Lightning logs this batch at a stop, and the run record stores that in the checkpoint
         trainer.should_stop = True
         # Lightning validates a run that stops early; a grace period (Kubernetes: 30 s) is no time for a
         # whole val set, and the resumed run validates where the schedule says
         trainer.limit_val_batches = 0
+        self._save(trainer, signum, "")
+
+    def _save(self, trainer: L.Trainer, signum: int, when: str) -> None:
+        path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
+        trainer.save_checkpoint(path)
         self.stopped_by, self.checkpoint = signum, path
         action = "requeueing the job" if self.requeue_pending else "resume with --ckpt_path last"
-        rank_zero_info(f"Signal {signal.Signals(signum).name}: saved {path} at step {trainer.global_step}; {action}")
+        rank_zero_info(f"Signal {signal.Signals(signum).name}{when}: saved {path} at step {trainer.global_step}; "
+                       f"{action}")
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        """A signal during a validation inside `fit` ends it at the next batch: the training state is saved
+        as it was before the validation, which the resumed run then does again from its first batch (the
+        scores of a part of the val set are never logged)."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking or not self._previous:
+            return
+        if trainer.world_size == 1:
+            if self.received is None:
+                return
+        elif not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return  # every rank checks at every val batch, so all stop at the same one
+        self._validation_stop = True
+        try:
+            self._save(trainer, self.received if self.received is not None else self.stop_signals[0],
+                       " during validation (it runs again on resume)")
+        finally:
+            self._validation_stop = False
+        raise ValidationStopped(self.exit_status)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self._validation_stop:
+            redo_validation(checkpoint)
 
     @property
     def requeue_pending(self) -> bool:
@@ -110,6 +141,15 @@ class Preemption(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
+        self._after_stop(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()  # Lightning calls no teardown hook after an exception
+        if isinstance(exception, ValidationStopped):
+            self._after_stop(trainer)
+
+    def _after_stop(self, trainer: L.Trainer) -> None:
+        """Close the W&B run of a stopped fit (so its log is complete) and requeue a SLURM job."""
         if self.stopped_by is None or not trainer.is_global_zero:
             return
         if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
@@ -119,6 +159,27 @@ class Preemption(L.Callback):
                 wandb.run.finish(exit_code=self.exit_status)  # flush the run's log before the process ends
         if self.requeue_pending:
             requeue()
+
+
+class ValidationStopped(SystemExit):
+    """Ends a `fit` stopped by a signal during a validation, once its checkpoint is saved: Lightning has no
+    public way to leave a validation loop half-way but an exception (it runs `on_exception` and tears the
+    trainer down). A SystemExit carrying the exit status (`STOP_STATUS`), so the process ends with it."""
+
+
+def redo_validation(checkpoint: dict) -> None:
+    """Make a checkpoint saved at a validation batch resume into that validation from its first batch.
+
+    Lightning resumes a validation it finds started in a checkpoint (`restarted_mid_evaluation`: a batch
+    started and not processed), running it again from the val loader's first batch, and then trains on;
+    a checkpoint saved between two val batches (what a callback can do) reads instead as a finished
+    validation, which the resumed run would skip. The validation's progress counters are set to its first
+    batch started: the training state, saved before the validation, is untouched."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    before = progress["total"]["completed"] - progress["current"]["completed"]  # batches of earlier validations
+    progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
+    progress["is_last_batch"] = False
 
 
 def requeue() -> None:

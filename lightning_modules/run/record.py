@@ -102,6 +102,18 @@ def _same_batch(after: list[dict], step: int):
             yield record
 
 
+def with_pending(records: list[dict], pending: dict | None) -> list[dict]:
+    """`records` and the checkpoint's pending logging point (`RunRecord.pending_point`) if they lack it: a
+    process killed between a step checkpoint and Lightning's logging of that batch never wrote it, and the
+    run resumed from the checkpoint does not train that batch again."""
+    if not pending:
+        return records
+    for record in records:
+        if record.get("step") == pending["step"] and pending["metrics"].keys() <= record["metrics"].keys():
+            return records
+    return [*records, pending]
+
+
 class RunRecord(Logger, L.Callback):
     """A Logger beside the W&B one, and a Callback.
 
@@ -125,6 +137,9 @@ class RunRecord(Logger, L.Callback):
         self.stage: str | None = None
         self.hyperparams: dict = {}
         self._file = None
+        self._trainer: L.Trainer | None = None
+        self._batch_end = False  # between a training batch's callbacks and its logging by Lightning
+        self._eval_keys: set[str] = set()  # names validation and test logged (trainer.logged_metrics keeps them)
 
     # --- Logger -------------------------------------------------------------------------------------
     @property
@@ -155,6 +170,9 @@ class RunRecord(Logger, L.Callback):
             return
         if self._file is None:  # logging outside a trainer stage (a direct call): append
             self._open(read_records(self.metrics_path))
+        trainer = self._trainer
+        if trainer is not None and (trainer.validating or trainer.testing or trainer.sanity_checking):
+            self._eval_keys.update(values)
         line = json.dumps({"step": step, "stage": self.stage, "metrics": values}, allow_nan=True)
         self._file.write(line + "\n")
         self._file.flush()  # to the OS at once: a killed process loses nothing; fsync before checkpoints
@@ -179,7 +197,8 @@ class RunRecord(Logger, L.Callback):
         self.count = len(keep)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.stage = stage
+        self.stage = str(getattr(stage, "value", stage))  # a plain str: it goes into checkpoints (pending_point)
+        self._trainer = trainer
         if not trainer.is_global_zero:
             return
         records = read_records(self.metrics_path)
@@ -193,14 +212,44 @@ class RunRecord(Logger, L.Callback):
                 rank_zero_warn(f"{checkpoint} has no {METRICS_FILE} position: the record keeps every line")
             else:
                 records = records[:count] + list(_same_batch(records[count:], state["global_step"]))
+                records = with_pending(records, state["callbacks"][self.state_key].get("pending"))
         self._open(records)
         self._write_result(stage, {"finished": False})  # replaced when the stage ends: a killed one stays so
         for logger in trainer.loggers:
             if logger is not self and hasattr(logger, "sync_history"):
                 logger.sync_history(records)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"records": self.count}
+    def state_dict(self) -> dict[str, Any]:
+        """The record's length, and the logging point of the batch just trained if Lightning has yet to
+        write it: a kill after the checkpoint and before that point loses nothing (`with_pending`)."""
+        return {"records": self.count, "pending": self.pending_point()}
+
+    def pending_point(self) -> dict | None:
+        """The logging point Lightning writes after the callbacks of the training batch that just ended
+        (where step checkpoints are saved), as `metrics.jsonl` will hold it; None outside that moment or if
+        Lightning does not log this step (`log_every_n_steps`). Its numbers are those of the trainer's
+        `logged_metrics` that no validation or test logged (that property keeps the last evaluation's
+        values beside the current step's)."""
+        trainer = self._trainer
+        if not self._batch_end or trainer is None or trainer.log_every_n_steps <= 0:
+            return None
+        # Lightning's rule: log when the step count reaches a multiple of log_every_n_steps, or at a stop
+        if trainer.global_step % trainer.log_every_n_steps and not trainer.should_stop:
+            return None
+        values = scalars({k: v for k, v in trainer.logged_metrics.items() if k not in self._eval_keys})
+        if not values:
+            return None
+        return {"step": trainer.global_step - 1, "stage": self.stage,
+                "metrics": {**values, "epoch": float(trainer.current_epoch)}}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self._batch_end = True  # first among the callbacks; the checkpointing ones come after
+
+    def _after_batch(self, *args, **kwargs) -> None:
+        self._batch_end = False
+
+    on_train_batch_start = on_validation_start = on_train_epoch_end = on_train_end = _after_batch
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # every logging point that precedes the checkpoint is on disk before the checkpoint is written
@@ -258,6 +307,7 @@ class RunRecord(Logger, L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._close()
+        self._trainer = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # a failed stage (a full disk) closes the file too: an in-process caller goes on, and a disk holding
@@ -275,4 +325,4 @@ class RunRecord(Logger, L.Callback):
         self._file = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}
+        return {**self.__dict__, "_file": None, "_trainer": None}
