@@ -1,4 +1,4 @@
-"""Issue 35: a checkpoint from elsewhere cannot run code.
+"""A checkpoint from elsewhere cannot run code.
 
 A copy of the tiny trained checkpoint (`shapes_run`) gets one extra pickled object whose unpickling runs a
 command that creates a marker file. Every entry point that reads a checkpoint refuses it in one line naming

@@ -1,4 +1,4 @@
-"""Issue 33 (part A): a diverging run stops, one run per folder (in time too), a resume is the same run unless a
+"""A diverging run stops, one run per folder (in time too), a resume is the same run unless a
 change is asked for, and "train longer" trains."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 30: paper Table 7(a) on Cityscapes, and the Xception-71 of its last row (its feature strides at output
+"""Paper Table 7(a) on Cityscapes, and the Xception-71 of its last row (its feature strides at output
 stride 8/16/32: tests/test_network.py; its official-graph equivalence: tests/test_official.py)."""
 from __future__ import annotations
 
@@ -83,3 +83,26 @@ def test_smoke_table7_on_generated_cityscapes(tmp_path, monkeypatch, capsys):
     assert [(r["row"], r["seeds"], r["paper_mIoU"]) for r in rows] == [("x65-dec-aspp", "1", "79.14")]
     assert 0 <= float(rows[0]["ours_mIoU"]) <= 100
     assert "| x65-dec-aspp | 79.14% | " in (out / "table7_cityscapes-smoke.md").read_text()
+
+
+def test_an_xception71_fit_resumes_exactly(voc_root, tmp_path):
+    """SIGTERM when step 2 starts (the step-2 checkpoint is saved, exit 143), `--ckpt_path last` to step 3: the
+    same weights as 3 uninterrupted steps, as the other backbones' runs resume (tests/test_training.py)."""
+    import signal
+
+    from helpers import run_cli, tiny_args
+
+    xception71 = ["--model.net.init_args.backbone=xception71", "--trainer.precision=32-true",
+                  "--data.crop_size=33", "--data.batch_size=2", "--trainer.limit_val_batches=0"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_cli("fit", *tiny_args(voc_root, straight, 3), *xception71)
+    stop = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 2, "signum": int(signal.SIGTERM)}})
+    stopped = run_cli("fit", *tiny_args(voc_root, interrupted, 3), *xception71, f"--trainer.callbacks+={stop}",
+                      check=False)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    run_cli("fit", *tiny_args(voc_root, interrupted, 3), *xception71, "--ckpt_path=last")
+    a, b = (torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+            for run in (straight, interrupted))
+    assert a["global_step"] == b["global_step"] == 3
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
