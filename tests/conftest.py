@@ -37,6 +37,19 @@ def _no_shared_wandb_service():
 
 
 @pytest.fixture(autouse=True)
+def _no_wandb_run_left_behind():
+    """An in-process run that fails leaves its W&B run open, and Lightning's WandbLogger would reuse it."""
+    def finish() -> None:
+        wandb = sys.modules.get("wandb")  # never imported here for tests that do not use it
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
+
+    finish()
+    yield
+    finish()
+
+
+@pytest.fixture(autouse=True)
 def _seeded_global_random():
     """Every test starts from the same global random state (torch, numpy, random; seed 0), whatever ran before
     it in this process: an unseeded `torch.randn` draws the same numbers alone and in the whole suite."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,22 +59,17 @@ class KillAfterCheckpoint(Checkpoint):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class SignalInValidation(Callback):
+class SignalInValidation(SignalAtStep):
     """Send this process `signum` when the first batch of the validation after step `step` starts, and again
     while the checkpoint it causes is being written."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
-        self.step, self.signum, self.sent = step, signum, 0
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pass  # not when a step starts: in the validation
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.global_step == self.step and not trainer.sanity_checking and not self.sent:
             os.kill(os.getpid(), self.signum)
             self.sent = 1
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if self.sent == 1:
-            os.kill(os.getpid(), self.signum)
-            self.sent = 2
 
 
 def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -12,17 +12,6 @@ from helpers import tiny_args
 from lightning_modules.run.record import read_records, read_results
 
 
-@pytest.fixture(autouse=True)
-def no_wandb_run_left_behind():
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-    yield
-    if wandb.run is not None:
-        wandb.finish()
-
-
 def _fit(voc_root, run_dir: Path, stop_at: int | None, resume: bool) -> None:
     """8 steps validated every 2 (one batch), periodic checkpoints every 2 (base.yaml keeps the 2 newest)
     and the best by val/mIoU; SIGTERM when step `stop_at` starts stops the run after it (exit 143)."""

@@ -21,18 +21,6 @@ from lightning_modules.run.checkpoints import read_step
 from lightning_modules.run.record import read_records, read_results
 
 
-@pytest.fixture(autouse=True)
-def no_wandb_run_left_behind():
-    """In-process runs that fail leave their W&B run open, and Lightning's WandbLogger reuses an open run."""
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-    yield
-    if wandb.run is not None:
-        wandb.finish()
-
-
 def _errors(capfd) -> list[str]:
     return [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
 
