@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from datamodules.base import SegmentationDataModule
 from experiments.cli.checks import (apply_checkpoint_interval, check_config, check_evaluation_split,
@@ -170,7 +170,8 @@ class TrainCLI(LightningCLI):
         check_weights(config)
         check_run_folder(config)
         check_wandb_mode(config)
-        if fresh and logger and config.trainer.default_root_dir:
+        # rank 0 only: the other processes of a DDP or SLURM run start while rank 0 is already writing the folder
+        if fresh and logger and config.trainer.default_root_dir and rank_zero_only.rank == 0:
             check_fresh_run_dir(config.trainer.default_root_dir)
         self.resume_changes = {}
         if self.subcommand == "fit" and config.get("ckpt_path") and Path(config.ckpt_path).is_file():

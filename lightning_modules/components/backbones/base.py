@@ -1,14 +1,13 @@
 """What every backbone shares: feature taps named by stride and output stride set in place."""
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from ...run.checkpoints import read_checkpoint
 
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -84,7 +83,12 @@ class Backbone(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights file {path} does not exist")
-        state = read_checkpoint(path)  # the safe loader, as every checkpoint read (docs/checkpoint-safety.md)
+        try:  # tensors and plain data only: a weights file that would run code is refused, never executed
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"{path}: not a plain state dict (it holds objects that only full unpickling, which can "
+                             "run any code, loads); expected torch.save(model.state_dict(), path) of the library's "
+                             "model (docs/checkpoint-safety.md)") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         self.load_library_state_dict(state, ignore_prefixes, source=str(path))
