@@ -50,7 +50,8 @@ def test_windows_reproduce_the_whole_image_grid(overlap, flip):
     assert torch.allclose(grid, net.logits(canvas).softmax(1), atol=1e-6)
     # labels strip by strip = labels of the probabilities upsampled at once
     whole = F.interpolate(grid, size=(153, 241), mode="bilinear", align_corners=True)[..., :150, :238]
-    assert torch.equal(predict_labels(net, images, protocol, tiling).long(), labels_from(whole))
+    # equal up to float rounding between the two upsampling orders, which can flip a near-tie's argmax
+    assert (predict_labels(net, images, protocol, tiling).long() == labels_from(whole)).float().mean() > 0.999
     assert torch.allclose(tiled_probabilities(net, images, protocol, tiling), whole, atol=1e-6)
     # the whole-image protocol takes the softmax after upsampling, not before: labels differ only between
     # cell centres (on this noise image neighbouring cells disagree everywhere, so that is a few percent)
