@@ -86,7 +86,7 @@ def test_smoke_table7_on_generated_cityscapes(tmp_path, monkeypatch, capsys):
 
 
 def test_an_xception71_fit_resumes_exactly(voc_root, tmp_path):
-    """SIGTERM when step 2 starts (the step-2 checkpoint is saved, exit 143), `--ckpt_path last` to step 3: the
+    """SIGTERM when step 1 starts (the step-2 checkpoint is saved, exit 143), `--ckpt_path last` to step 3: the
     same weights as 3 uninterrupted steps, as the other backbones' runs resume (tests/test_training.py)."""
     import signal
 
@@ -96,7 +96,7 @@ def test_an_xception71_fit_resumes_exactly(voc_root, tmp_path):
                   "--data.crop_size=33", "--data.batch_size=2", "--trainer.limit_val_batches=0"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_cli("fit", *tiny_args(voc_root, straight, 3), *xception71)
-    stop = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 2, "signum": int(signal.SIGTERM)}})
+    stop = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 1, "signum": int(signal.SIGTERM)}})
     stopped = run_cli("fit", *tiny_args(voc_root, interrupted, 3), *xception71, f"--trainer.callbacks+={stop}",
                       check=False)
     assert stopped.returncode == 143, stopped.stderr[-3000:]

@@ -178,7 +178,13 @@ def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_offline()
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    from lightning_modules.run import wandb_logger
+
+    monkeypatch.setattr(wandb_logger, "server_unreachable", lambda: None)  # a server that answers
     assert not wandb_offline()
+    monkeypatch.setattr(wandb_logger, "server_unreachable", lambda: "api.wandb.ai:443: timed out")  # none
+    assert wandb_offline()
+    monkeypatch.setattr(wandb_logger, "server_unreachable", lambda: None)
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_offline()
 
