@@ -49,6 +49,18 @@ def _no_wandb_run_left_behind():
     finish()
 
 
+@pytest.fixture
+def wandb_disabled(monkeypatch):
+    """W&B off for this test (WANDB_MODE=disabled), for in-process runs whose W&B files no one reads. wandb
+    reads its settings once per process, when its first run starts: after the test it is torn down, so that
+    the runs of later tests are not disabled too (and write their offline files)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_random():
     """Every test starts from the same global random state (torch, numpy, random; seed 0), whatever ran before

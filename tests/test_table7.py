@@ -72,9 +72,8 @@ def test_xception71_fixture_is_the_official_graphs():
     assert {v["name"] for v in manifest} == {o.name for o in net.official_names().values()}
 
 
-def test_smoke_table7_on_generated_cityscapes(tmp_path, monkeypatch, capsys):
+def test_smoke_table7_on_generated_cityscapes(tmp_path, wandb_disabled, capsys):
     """`--profile smoke`: one row, trained and scored on the generated Cityscapes tree; the table is written."""
-    monkeypatch.setenv("WANDB_MODE", "disabled")
     root, out = tmp_path / "cityscapes", tmp_path / "results"
     assert main(table7_cityscapes.TABLE, ["--profile", "smoke", "--rows", "x65-dec-aspp", "--data-root", str(root),
                                           "--out", str(out)]) == 0
