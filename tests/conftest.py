@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `pytest -n N`: the workers share the cores
+    # set before torch starts, so that the processes a test starts inherit it: a run in this process and the
+    # same run in a child compute with the same number of threads (bitwise-equal resumes)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) //
+                                                     int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from datamodules import synthetic  # noqa: E402
 
@@ -59,6 +64,34 @@ def wandb_disabled(monkeypatch):
     wandb = sys.modules.get("wandb")
     if wandb is not None:
         wandb.teardown()
+
+
+@pytest.fixture
+def jobs_in_process(monkeypatch):
+    """The ablation runner's local jobs (`python -m experiments.train ...`) run in this process: what the
+    runner plans, skips and reads back is under test, not the interpreter start of each job."""
+    import subprocess
+
+    from ablations import launch
+    from experiments import train
+
+    run = subprocess.run
+
+    def in_process(cmd, *args, **kwargs):
+        if cmd[1:3] != ["-m", "experiments.train"]:
+            return run(cmd, *args, **kwargs)
+        code = 0
+        try:
+            train.main(cmd[3:])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.finish()
+        return subprocess.CompletedProcess(cmd, code)
+
+    monkeypatch.setattr(launch.subprocess, "run", in_process)
 
 
 @pytest.fixture(autouse=True)

@@ -67,18 +67,16 @@ def test_seeds_multiply_trainings_and_tag_every_run(tmp_path):
     assert len({j.run_dir for j in jobs}) == 30
 
 
-def _runner(voc_root: Path, out: Path, *extra: str) -> tuple[list[str], dict]:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return [sys.executable, "-m", "ablations.table1_decoder_channels", "--profile", "smoke", "--rows", "proj48",
-            "--seeds", "0,1", "--data-root", str(voc_root), "--out", str(out), *extra], env
-
-
-def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path):
+def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path, jobs_in_process, wandb_disabled,
+                                                          capsys):
+    """The runner and its training killed together while the second seed trains (a process of their own); the
+    reruns (in this process) skip the finished training, finish the rest, then train and evaluate nothing."""
     out = tmp_path / "results"
-    cmd, env = _runner(voc_root, out)
+    args = ["--profile", "smoke", "--rows", "proj48", "--seeds", "0,1", "--data-root", str(voc_root), "--out", str(out)]
     work = out / "table1_decoder_channels" / "smoke"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ablations.table1_decoder_channels", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
     def finished_trainings() -> list[Path]:
         return [p for p in work.glob("train-*/results.json") if json.loads(p.read_text())["fit"].get("finished")]
 
@@ -90,9 +88,9 @@ def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path):
     (finished,) = finished_trainings()  # the kill lands while the second seed trains
     first_done = finished.stat().st_mtime
 
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert f"{finished.parent} finished earlier, skipped" in result.stdout
+    capsys.readouterr()
+    assert main(table1_decoder_channels.TABLE, args) == 0
+    assert f"{finished.parent} finished earlier, skipped" in capsys.readouterr().out
     assert finished.stat().st_mtime == first_done
 
     rows = list(csv.DictReader(open(out / "table1_decoder_channels-smoke.csv")))
@@ -107,7 +105,7 @@ def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path):
     assert (out / "table1_decoder_channels-smoke.png").read_bytes()[:4] == b"\x89PNG"
 
     written = {p: p.stat().st_mtime_ns for p in work.glob("*/*")}
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 4
+    assert main(table1_decoder_channels.TABLE, args) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
     # trains and evaluates nothing: no run folder gains, loses or rewrites a file
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/*")} == written

@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, console_of_run
 
 CONFIGS = sorted(p.name for p in (ROOT / "experiments" / "configs").glob("*.yaml") if p.name != "smoke.yaml")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_config_fits_and_validates(config, voc_root, tmp_path):
+def test_config_fits_and_validates(config, voc_root, tmp_path, request):
     run_dir = tmp_path / "run"
     data = [f"--data.root={voc_root}"]
     if config.startswith("cityscapes"):
         # its own generated layout; the official 1025×2049 canvas would take minutes per image on a CPU
         data = [f"--data.root={tmp_path / 'cityscapes'}", "--model.eval_canvas=null"]
-    # one process: 2 steps, then the validation at step 2 (validate from a checkpoint: test_training.py, and
+    # in this process: 2 steps, then the validation at step 2 (validate from a checkpoint: test_training.py, and
     # test_official.py for an imported one)
-    result = run_cli("fit", "--config", f"experiments/configs/{config}", "--config", "experiments/configs/smoke.yaml",
-                     *data, f"--trainer.logger.init_args.save_dir={run_dir}", "--trainer.max_steps=2",
-                     "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1")
-    assert "val/mIoU" in result.stdout
+    console = console_of_run(request, "fit", "--config", f"experiments/configs/{config}", "--config",
+                             "experiments/configs/smoke.yaml", *data, f"--trainer.logger.init_args.save_dir={run_dir}",
+                             "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1")
+    assert "val/mIoU" in console
     assert next(run_dir.rglob("last.ckpt")).is_file()

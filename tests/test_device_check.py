@@ -4,20 +4,18 @@ tests elsewhere (test_use_model.py, test_distributed.py); SyncBN numerics need a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
+from experiments.measure import device_check
 from helpers import ROOT
 
 
-def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
+def test_device_check_small_mode_runs_every_part(voc_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "check"
-    result = subprocess.run([sys.executable, "-m", "experiments.measure.device_check", "--small", "--out", str(out),
-                             "--data-root", str(voc_root), "--backbones", "mobilenet_v2",
-                             "--parts", "lightning,backbones,compile"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
+    assert device_check.main(["--small", "--out", str(out), "--data-root", str(voc_root), "--backbones",
+                              "mobilenet_v2", "--parts", "lightning,backbones,compile"]) == 0
+    stdout = capsys.readouterr().out
     report = json.loads((out / "device_check.json").read_text())
     parts = report["parts"]
     for name in ("lightning", "backbones"):
@@ -31,7 +29,7 @@ def test_device_check_small_mode_runs_every_part(voc_root, tmp_path):
     assert train["logged_images_per_s"] > 0 and train["ratio_steady"] > 0
     assert set(parts["backbones"]["result"]) == {"mobilenet_v2"}
     table = (out / "device_check.md").read_text()
-    assert table == result.stdout[-len(table):]
+    assert table == stdout[-len(table):]
     for header in ("| part | status | seconds |",
                    "| loop | steady ms/step | mean img/s | peak MB | MFU | epoch boundary ms | validation s |",
                    "| backbone | GFLOP/train image | train img/s | train peak MB | MFU | logged / wall img/s | "

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from helpers import run_cli, run_in_process, tiny_args
 
 
 def test_syncbn_conversion_keeps_the_checkpoint_format():
@@ -44,7 +44,7 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
     (_, ddp_miou), = ddp_run.metric("val/mIoU")
 
     eval_dir = tmp_path / "single"
-    run_cli("validate", *tiny_args(voc_root, eval_dir), full_val, f"--ckpt_path={next(run_dir.rglob('last.ckpt'))}")
+    run_in_process("validate", *tiny_args(voc_root, eval_dir), full_val, f"--ckpt_path={next(run_dir.rglob('last.ckpt'))}")
     (single,) = read_runs(eval_dir)
     assert single.metric("val/mIoU")[0][1] == pytest.approx(ddp_miou, abs=1e-6)
     # data.batch_size is the global batch: 2 images per process, 4 per step, 4 steps

@@ -79,23 +79,9 @@ def test_figure5_report_puts_the_gain_at_the_narrowest_band_beside_the_papers(tm
     assert report.trimap_plot(plan.stem).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_figure5_smoke_profile_trains_and_draws_the_curves(tmp_path, monkeypatch, wandb_disabled, capsys):
+def test_figure5_smoke_profile_trains_and_draws_the_curves(tmp_path, jobs_in_process, wandb_disabled, capsys):
     """Two rows (a backbone without and with the decoder), one seed, on a few generated images: the trainings and
     evaluations run in this process (the process boundary is not what is tested here)."""
-    import subprocess
-
-    from ablations import launch
-    from experiments import train
-
-    run = subprocess.run
-
-    def in_process(cmd, *args, **kwargs):
-        if cmd[1:3] != ["-m", "experiments.train"]:
-            return run(cmd, *args, **kwargs)
-        train.main(cmd[3:])
-        return subprocess.CompletedProcess(cmd, 0)
-
-    monkeypatch.setattr(launch.subprocess, "run", in_process)
     root = synthetic.generate(tmp_path / "voc", n_voc_train=4, n_voc_val=2, n_sbd_only=2, n_voc_test=0)
     voc = root / "VOCdevkit" / "VOC2012"
     for path in [*voc.glob("JPEGImages/*.jpg"), *voc.glob("SegmentationClass/*.png")]:  # 1/6 size: cheap validation

@@ -22,7 +22,7 @@ from datamodules.voc import DatasetError, list_split, voc_dir
 from datamodules.voc_datamodule import VOCDataModule
 from experiments import export, predict, train
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import ROOT, fit_args, run_cli, tiny_args
+from helpers import ROOT, console_of_run, fit_args, run_cli, tiny_args
 from lightning_modules.run.checkpoints import CheckpointError, read_step, resolve_ckpt_path
 from lightning_modules.run.record import read_records, read_results
 
@@ -44,7 +44,7 @@ def _steps(pairs) -> Counter:
     return Counter(step for step, _ in pairs)
 
 
-def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path):
+def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path, request):
     """SIGKILL from outside right after a validation, before the next checkpoint; resume with `last`: the
     run's metrics.jsonl and its W&B offline history hold every train/loss step and validation once."""
     run_dir, total = tmp_path / "run", 8
@@ -63,8 +63,8 @@ def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path):
     assert read_results(run_dir)["fit"] == {"finished": False}  # the killed stage is marked as such
     assert sorted(p.name for p in run_dir.rglob("*.ckpt") if p.name.startswith("step-")) == ["step-4.ckpt"]
 
-    resumed = run_cli("fit", *args, "--ckpt_path=last")
-    assert "step 4" in resumed.stdout + resumed.stderr
+    resumed = console_of_run(request, "fit", *args, "--ckpt_path=last")  # in this process
+    assert "step 4" in resumed
 
     def history(pairs_by_key):
         return {key: _steps(pairs) for key, pairs in pairs_by_key.items()}

@@ -16,7 +16,9 @@ import torch
 
 from conftest import ROOT
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from helpers import run_in_process, tiny_args
+
+pytestmark = pytest.mark.xdist_group("slurm")  # one local cluster: this file's tests share a worker
 
 HERE = Path(__file__).resolve().parent / "slurm"
 
@@ -62,7 +64,7 @@ def test_sigusr1_requeues_and_resumes_exactly(slurm, voc_root, tmp_path):
     steps = 60
     overrides = tiny_args(voc_root, tmp_path / "job", steps)[2:]  # train.sbatch takes the first config itself
     reference = tmp_path / "reference"
-    run_cli("fit", *tiny_args(voc_root, reference, steps), "--trainer.limit_val_batches=0")
+    run_in_process("fit", *tiny_args(voc_root, reference, steps), "--trainer.limit_val_batches=0")
 
     log = tmp_path / "job.log"
     t0 = time.time()

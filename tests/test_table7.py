@@ -72,7 +72,7 @@ def test_xception71_fixture_is_the_official_graphs():
     assert {v["name"] for v in manifest} == {o.name for o in net.official_names().values()}
 
 
-def test_smoke_table7_on_generated_cityscapes(tmp_path, wandb_disabled, capsys):
+def test_smoke_table7_on_generated_cityscapes(tmp_path, jobs_in_process, wandb_disabled, capsys):
     """`--profile smoke`: one row, trained and scored on the generated Cityscapes tree; the table is written."""
     root, out = tmp_path / "cityscapes", tmp_path / "results"
     assert main(table7_cityscapes.TABLE, ["--profile", "smoke", "--rows", "x65-dec-aspp", "--data-root", str(root),
@@ -89,17 +89,17 @@ def test_an_xception71_fit_resumes_exactly(voc_root, tmp_path):
     same weights as 3 uninterrupted steps, as the other backbones' runs resume (tests/test_training.py)."""
     import signal
 
-    from helpers import run_cli, tiny_args
+    from helpers import run_cli, run_in_process, tiny_args
 
     xception71 = ["--model.net.init_args.backbone=xception71", "--trainer.precision=32-true",
                   "--data.crop_size=33", "--data.batch_size=2", "--trainer.limit_val_batches=0"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_cli("fit", *tiny_args(voc_root, straight, 3), *xception71)
+    run_in_process("fit", *tiny_args(voc_root, straight, 3), *xception71)
     stop = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 1, "signum": int(signal.SIGTERM)}})
     stopped = run_cli("fit", *tiny_args(voc_root, interrupted, 3), *xception71, f"--trainer.callbacks+={stop}",
                       check=False)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    run_cli("fit", *tiny_args(voc_root, interrupted, 3), *xception71, "--ckpt_path=last")
+    run_in_process("fit", *tiny_args(voc_root, interrupted, 3), *xception71, "--ckpt_path=last")
     a, b = (torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
             for run in (straight, interrupted))
     assert a["global_step"] == b["global_step"] == 3

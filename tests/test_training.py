@@ -12,7 +12,7 @@ import torch
 
 from datamodules.voc_datamodule import VOCDataModule
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import run_cli, tiny_args
+from helpers import run_cli, run_in_process, tiny_args
 from lightning_modules.run.checkpoints import read_step
 from lightning_modules.components import DeepLabV3Plus
 from lightning_modules.metrics import SegmentationMetrics
@@ -22,8 +22,9 @@ from lightning_modules.run.wandb_logger import wandb_offline
 
 
 def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
+    """Three runs in this process (the killed and stopped ones below have processes of their own)."""
     run_dir = tmp_path / "run"
-    run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=4))
+    run_in_process("fit", *tiny_args(voc_root, run_dir, max_steps=4))
     (train_run,) = read_runs(run_dir)
     assert train_run.job_type == "train" and train_run.tags == ["quickstart"]
     assert train_run.config["git_commit"] and train_run.config["packages"]["torch"] == torch.__version__.split("+")[0]
@@ -44,15 +45,17 @@ def test_fit_then_validate_from_checkpoint_same_miou(voc_root, tmp_path):
 
     last = next(run_dir.rglob("last.ckpt"))
     eval_dir = tmp_path / "eval"
-    run_cli("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
+    run_in_process("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
             "--trainer.logger.init_args.job_type=eval")
     (eval_run,) = read_runs(eval_dir)
     assert eval_run.job_type == "eval"
     assert eval_run.metric("val/mIoU")[0][1] == pytest.approx(fit_miou, abs=1e-6)
 
     ms_dir = tmp_path / "eval-ms"
-    run_cli("validate", *tiny_args(voc_root, ms_dir), f"--ckpt_path={last}", "--model.eval_output_stride=8",
-            "--model.eval_scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "--model.eval_flip=true")
+    # the paper's multi-scale protocol on one image (12 network passes at output stride 8)
+    run_in_process("validate", *tiny_args(voc_root, ms_dir, **{"trainer.limit_val_batches": "1"}),
+                   f"--ckpt_path={last}", "--model.eval_output_stride=8",
+                   "--model.eval_scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "--model.eval_flip=true")
     (ms_run,) = read_runs(ms_dir)
     assert ms_run.metric("val/mIoU") and ms_run.summary["speed/multiply_adds"] > 12 * eval_run.summary["speed/multiply_adds"]
 
@@ -87,7 +90,7 @@ def resume_config(directory, name: str, kill: int | None = None, killer: str = "
 def straight(voc_root, tmp_path_factory):
     """TOTAL steps in one uninterrupted run: the reference every interrupted-and-resumed run must equal."""
     work = tmp_path_factory.mktemp("straight")
-    run_cli("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
+    run_in_process("fit", *tiny_args(voc_root, work / "run", TOTAL), *COMMON, resume_config(work, "plain"))
     return work / "run"
 
 
@@ -167,7 +170,7 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
         if kill == 21:  # killed before the loss of the batch that led to the step-21 checkpoint was logged
             assert not [r for r in read_records(interrupted / "metrics.jsonl")
                         if r["step"] == kill - 1 and "train/loss" in r["metrics"]]
-    run_cli("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
+    run_in_process("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
     assert_same_training(straight, interrupted, processes=5)
     assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 

@@ -16,7 +16,7 @@ from datamodules import cityscapes, folder, synthetic
 from datamodules.reading import Sample, decode_mask
 from experiments import export, predict
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import fit_args, run_cli, tiny_args
+from helpers import console_of_run, fit_args
 from lightning_modules.pretrained import load_model
 
 
@@ -110,7 +110,7 @@ def test_exported_onnx_matches_pytorch_and_predict(shapes_run, tmp_path):
     assert (logits[0].argmax(0) == predicted).mean() >= 0.99
 
 
-def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capsys):
+def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, capsys, request):
     _, _, ckpt = shapes_run
     root = synthetic.generate_cityscapes(tmp_path / "cityscapes", n_train=8, n_val=4)
     assert cityscapes.main(["--check", str(root)]) == 0
@@ -122,9 +122,8 @@ def test_cityscapes_tree_fine_tuned_from_another_dataset(shapes_run, tmp_path, c
     assert isinstance(sample, Sample) and sample.image.name.endswith("_leftImg8bit.png")
 
     run_dir = tmp_path / "run"
-    result = run_cli(*fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
-                                f"--model.init_from={ckpt}"))
-    log = result.stdout + result.stderr
+    log = console_of_run(request, *fit_args("datamodules.cityscapes.CityscapesDataModule", root, run_dir,
+                                            f"--model.init_from={ckpt}"))
     line = next(line for line in log.splitlines() if "init_from" in line)
     assert "classifier.weight (5, 256, 1, 1)→(19, 256, 1, 1)" in line and "classifier.bias (5,)→(19,)" in line
     assert "backbone" not in line.split("not loaded")[1]  # everything else came from the checkpoint

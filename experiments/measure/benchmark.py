@@ -40,12 +40,11 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.voc import IGNORE_INDEX
-from lightning_modules.components.complexity import protocol_cost
+from lightning_modules.components.complexity import protocol_cost, train_step_flops
 from lightning_modules.components.protocol import MS_SCALES
 from lightning_modules.components.inference import labels_from, predict_probabilities
 from lightning_modules.run.record import METRICS_FILE, read_records
-from lightning_modules.run.speed_monitor import (peak_flops, peak_memory_mb, reset_peak_memory, synchronize,
-                                             train_step_flops)
+from lightning_modules.run.speed_monitor import peak_flops, peak_memory_mb, reset_peak_memory, synchronize
 
 from experiments.cli.training import BASE_CONFIG, CLI_KWARGS, TrainCLI
 from experiments.cli.flags import add_flag
@@ -382,7 +381,7 @@ def measure(config_args: list[str], *, steps: int, warmup: int, eval_images: int
         batch, crop = data.hparams.batch_size, data.hparams.crop_size
         peak = peak_flops(device, precision, peak_tflops)
         eval_images = eval_images or (6 if device.type == "cpu" else 100)
-        train_flops = train_step_flops(net, (batch, 3, crop, crop), model.train_output_stride) / batch
+        train_flops = train_step_flops(net.config, (batch, 3, crop, crop), model.train_output_stride) / batch
         result.update(device=device_name(device), torch=torch.__version__, lightning=L.__version__,
                       backbone=net.config["backbone"], output_stride=model.train_output_stride, batch=batch,
                       crop=crop, precision=str(precision), channels_last=bool(model.hparams.channels_last),

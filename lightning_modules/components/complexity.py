@@ -174,6 +174,26 @@ def _input_cost(config_key: str, layout: str, output_stride: int, size: tuple[in
     return count_multiply_adds(net, size)
 
 
+@functools.lru_cache(maxsize=None)
+def _train_step_flops(config_key: str, batch_shape: tuple[int, ...], output_stride: int) -> int:
+    net, _ = _counting_net(config_key, "ours")  # without BatchNorm: it has no FLOP formula, counted or not
+    net.set_output_stride(output_stride)
+    was_training = net.training
+    net.train()
+    with FlopCounterMode(display=False) as counter:
+        net(torch.empty(*batch_shape, device="meta")).sum().backward()
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    return counter.get_total_flops()
+
+
+def train_step_flops(net_config: dict, batch_shape: Sequence[int], output_stride: int) -> int:
+    """FLOPs of one training step (forward and backward, torch's formulas) of the network `net_config` describes
+    on a batch of this shape, counted on the meta device. Cached per (network, batch shape, output stride):
+    every run of a process (benchmark phases, in-process tests) counts a network once."""
+    return _train_step_flops(_config_key(net_config), tuple(batch_shape), output_stride)
+
+
 def protocol_multiply_adds(net_config: dict, protocol: EvalProtocol, layout: str = "ours") -> MultiplyAdds:
     """Multiply-Adds (plain and TF-graph) of scoring one image with `protocol` on its canvas (513×513, the
     paper's counting size; a protocol without a canvas is counted on 513×513).

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from ..components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost
-from ..components import DeepLabV3Plus
-from ..components.complexity import build_on_meta
+from ..components.complexity import MULTIPLY_ADDS, MULTIPLY_ADDS_TF, PARAMETERS, protocol_cost, train_step_flops
 
 #: `trainer.precision` → the dtype the device's matmuls run in (the peak FLOP/s that MFU divides by)
 PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
@@ -82,16 +80,6 @@ def peak_flops(device: torch.device, precision: str | int, peak_tflops: float | 
     return get_available_flops(device, dtype)
 
 
-def train_step_flops(net: DeepLabV3Plus, batch_shape: tuple[int, ...], output_stride: int) -> int:
-    """FLOPs of one training step (forward + backward) of `net`'s architecture on a batch of this shape,
-    counted on the meta device by Lightning's `measure_flops` (no memory, no weights)."""
-    meta = build_on_meta(lambda: DeepLabV3Plus(**{**net.config, "weights": None}))
-    meta.set_output_stride(output_stride)
-    meta.train()
-    x = torch.empty(*batch_shape, device="meta")
-    return measure_flops(meta, lambda: meta(x), lambda logits: logits.sum())
-
-
 class SpeedMonitor(L.Callback):
     """Logs `speed/*`:
 
@@ -143,7 +131,7 @@ class SpeedMonitor(L.Callback):
 
     # -- training --------------------------------------------------------------------------------------
     def _count_flops(self, pl_module: L.LightningModule, shape: tuple[int, ...]) -> None:
-        self._flops_per_step = train_step_flops(pl_module.net, shape, pl_module.train_output_stride)
+        self._flops_per_step = train_step_flops(pl_module.net.config, shape, pl_module.train_output_stride)
         self._flops_shape = shape
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
