@@ -74,6 +74,7 @@ def jobs_in_process(monkeypatch):
 
     from ablations import launch
     from experiments import train
+    from helpers import finish_wandb
 
     run = subprocess.run
 
@@ -86,9 +87,7 @@ def jobs_in_process(monkeypatch):
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         finally:
-            wandb = sys.modules.get("wandb")
-            if wandb is not None and wandb.run is not None:
-                wandb.finish()
+            finish_wandb()
         return subprocess.CompletedProcess(cmd, code)
 
     monkeypatch.setattr(launch.subprocess, "run", in_process)
@@ -112,6 +111,25 @@ def _seeded_global_random():
 def voc_root(tmp_path_factory) -> Path:
     """The generated dataset (VOC train 30, val 16, SBD-only 26): never modify it in a test."""
     return synthetic.generate(tmp_path_factory.mktemp("voc"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def voc_small(voc_root, tmp_path_factory) -> Path:
+    """The generated dataset with its VOC images and masks at a quarter of their size (SBD's unchanged): for
+    tests that evaluate whole images many times (multi-scale + flip) on their own canvas
+    (`model.eval_canvas: null`). Never modify it in a test."""
+    import shutil
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(voc_root, tmp_path_factory.mktemp("voc-small") / "voc"))
+    voc = root / "VOCdevkit" / "VOC2012"
+    for path in [*voc.glob("JPEGImages/*.jpg"), *voc.glob("SegmentationClass/*.png")]:
+        with Image.open(path) as image:
+            small = image.resize((image.width // 4, image.height // 4),
+                                 Image.NEAREST if image.mode == "P" else Image.BILINEAR)
+        small.save(path)
+    return root
 
 
 @pytest.fixture

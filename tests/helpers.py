@@ -81,20 +81,36 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Co
     return result
 
 
+def finish_wandb(timeout: float = 120) -> None:
+    """Finish this process's open W&B run, and wait until its offline file holds the run's end: on a busy
+    machine `wandb.finish` can return before wandb-core has written the last records."""
+    import wandb
+
+    from lightning_modules.run.wandb_offline import read_run
+
+    run = wandb.run
+    if run is None:
+        return
+    path = None if run.disabled or not run.offline else Path(run.settings.sync_file)
+    wandb.finish()
+    deadline = time.time() + timeout
+    while path is not None and not (path.exists() and read_run(path).finished):
+        if time.time() > deadline:
+            raise AssertionError(f"{path}: wandb did not write the run's end within {timeout} s of wandb.finish")
+        time.sleep(0.05)
+
+
 def run_in_process(*args: str):
     """`python -m experiments.train *args` in this process (no interpreter start, no imports, no W&B service
     start of its own: seconds per run): for tests where the process boundary is not what they check. Returns
     the LightningCLI; a user error raises SystemExit as the command exits. Output: read it with `capfd`."""
-    import wandb
-
     from experiments import train
 
     with contextlib.chdir(ROOT):  # config paths are relative to the repository, as for run_cli
         try:
             return train.main(list(args))
         finally:  # Lightning's WandbLogger would reuse a run left open by this one
-            if wandb.run is not None:
-                wandb.finish()
+            finish_wandb()
 
 
 def console_of_run(request, *args: str) -> str:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import tv_tensors
 
-from conftest import ROOT
-from datamodules import synthetic
+from datamodules import synthetic, voc
 from datamodules.dataset import EpochSampler, SegmentationDataset, ShardSampler, pad_collate
 from datamodules.transforms import RandomScaleCrop, eval_transform, mean_pixel, train_transform
 from datamodules.voc import DatasetError, Sample, check_tree, decode_sample, list_split, voc_dir
@@ -273,15 +270,14 @@ def test_bad_files_fail_in_the_main_process_naming_the_file(voc_copy, kind, mess
     assert str(path) in err and re.search(message, err)
 
 
-def test_check_command_prints_counts(voc_root, voc_copy):
-    out = subprocess.run([sys.executable, "-m", "datamodules.voc", "--check", str(voc_root)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "train: 30 samples OK" in out.stdout and "val: 16" in out.stdout and "trainaug: 56" in out.stdout
+def test_check_command_prints_counts(voc_root, voc_copy, capsys):
+    """`python -m datamodules.voc --check ROOT`, in this process."""
+    assert voc.main(["--check", str(voc_root)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 30 samples OK" in out and "val: 16" in out and "trainaug: 56" in out
     path = _corrupt(voc_copy, "jpeg")
-    bad = subprocess.run([sys.executable, "-m", "datamodules.voc", "--check", str(voc_copy)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and str(path) in bad.stderr
+    assert voc.main(["--check", str(voc_copy)]) == 1
+    assert str(path) in capsys.readouterr().err
 
 
 def test_sbd_mat_layout_matches_the_distribution(voc_root):

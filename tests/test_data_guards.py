@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import synthetic
+from datamodules import folder, synthetic
 from experiments import train
 from helpers import ROOT, fit_args
 from lightning_modules.run import wandb_logger
@@ -59,11 +59,10 @@ def test_a_split_with_no_labelled_pixel_is_refused_and_check_names_it(split, sha
     assert line.startswith(f"error: --data.{split}_split: every pixel of every mask of {split} ") and "(ignored)" in line
     assert not run_dir.exists()
 
-    check = subprocess.run([sys.executable, "-m", "datamodules.folder", "--check", str(root)], cwd=ROOT,
-                           capture_output=True, text=True)
-    assert check.returncode == 1
-    assert f"{split}: no mask has a labelled pixel" in check.stderr
-    assert "mask with no labelled pixel: " in check.stderr and str(root / "masks") in check.stderr
+    assert folder.main(["--check", str(root)]) == 1  # `python -m datamodules.folder --check ROOT`
+    err = capfd.readouterr().err
+    assert f"{split}: no mask has a labelled pixel" in err
+    assert "mask with no labelled pixel: " in err and str(root / "masks") in err
 
 
 def test_a_batch_with_no_labelled_pixel_has_zero_loss_not_nan():

@@ -9,11 +9,11 @@ from experiments.measure import device_check
 from helpers import ROOT
 
 
-def test_device_check_small_mode_runs_every_part(voc_root, tmp_path, monkeypatch, capsys):
+def test_device_check_small_mode_runs_every_part(voc_small, tmp_path, monkeypatch, capsys):
     out = tmp_path / "check"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(ROOT)
-    assert device_check.main(["--small", "--out", str(out), "--data-root", str(voc_root), "--backbones",
+    assert device_check.main(["--small", "--out", str(out), "--data-root", str(voc_small), "--backbones",
                               "mobilenet_v2", "--parts", "lightning,backbones,compile"]) == 0
     stdout = capsys.readouterr().out
     report = json.loads((out / "device_check.json").read_text())

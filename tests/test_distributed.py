@@ -23,7 +23,7 @@ def test_syncbn_conversion_keeps_the_checkpoint_format():
     assert types == {nn.SyncBatchNorm} and list(synced.state_dict()) == keys
 
 
-def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_path):
+def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_small, tmp_path):
     bn_file = tmp_path / "bn.txt"
     extra = tmp_path / "ddp.yaml"
     extra.write_text(textwrap.dedent(f"""
@@ -35,8 +35,9 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
               init_args: {{path: {str(bn_file)!r}}}
     """))
     run_dir = tmp_path / "ddp"
-    full_val = "--trainer.limit_val_batches=1.0"
-    run_cli("fit", *tiny_args(voc_root, run_dir, max_steps=4), full_val, f"--config={extra}",
+    full_val = "--trainer.limit_val_batches=1.0"  # every val image (small ones, on their own canvas)
+    small = ["--model.eval_canvas=null"]
+    run_cli("fit", *tiny_args(voc_small, run_dir, max_steps=4), full_val, *small, f"--config={extra}",
             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=4")
     # PyTorch's SyncBatchNorm is GPU-only, so a CPU run keeps per-process BN (and says so)
     assert bn_file.read_text().split() == ["BatchNorm2d"]
@@ -44,7 +45,8 @@ def test_ddp_two_processes_same_miou_as_single_process_and_syncbn(voc_root, tmp_
     (_, ddp_miou), = ddp_run.metric("val/mIoU")
 
     eval_dir = tmp_path / "single"
-    run_in_process("validate", *tiny_args(voc_root, eval_dir), full_val, f"--ckpt_path={next(run_dir.rglob('last.ckpt'))}")
+    run_in_process("validate", *tiny_args(voc_small, eval_dir), full_val, *small,
+                   f"--ckpt_path={next(run_dir.rglob('last.ckpt'))}")
     (single,) = read_runs(eval_dir)
     assert single.metric("val/mIoU")[0][1] == pytest.approx(ddp_miou, abs=1e-6)
     # data.batch_size is the global batch: 2 images per process, 4 per step, 4 steps

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from experiments import train
-from helpers import ROOT, tiny_args
+from helpers import tiny_args
 from lightning_modules.run import lock as run_lock
 from lightning_modules.run.checkpoints import read_step
 from lightning_modules.run.record import read_records, read_results
@@ -119,9 +115,9 @@ def test_a_lock_of_another_host_names_the_command_that_clears_it(voc_root, tmp_p
         f"error: {run_dir}: in use by pid 4242 on node-gone (lock {lock}); expected a run directory no other process "
         "writes into: stop that run, or give this one another --trainer.logger.init_args.save_dir; if node-gone is "
         f"gone (a crashed node), clear the lock with `python -m lightning_modules.run.lock --clear {run_dir}`"]
-    cleared = subprocess.run([sys.executable, "-m", "lightning_modules.run.lock", "--clear", str(run_dir)], cwd=ROOT,
-                             capture_output=True, text=True, check=True)
-    assert cleared.stdout.strip() == f"{run_dir}: removed the lock of pid 4242 on node-gone" and not lock.exists()
+    run_lock.main(["--clear", str(run_dir)])  # `python -m lightning_modules.run.lock --clear DIR`
+    assert capfd.readouterr().out.strip() == f"{run_dir}: removed the lock of pid 4242 on node-gone"
+    assert not lock.exists()
     assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing else was written
 
 

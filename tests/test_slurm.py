@@ -116,20 +116,27 @@ def test_sigusr1_requeues_and_resumes_exactly(slurm, voc_root, tmp_path):
     assert [s for s, _ in runs[1].metric("train/loss")] == list(range(int(saved.group(3)), steps))
 
 
-def test_table_on_slurm_submits_returns_and_reports_with_two_process_ddp(slurm, voc_root, tmp_path):
+def test_table_on_slurm_submits_returns_and_reports_with_two_process_ddp(slurm, voc_root, tmp_path, monkeypatch,
+                                                                        capsys):
+    """The runner in this process (submitting, `--status`, as a user runs it from a login node); the jobs on
+    the local SLURM."""
+    from ablations import table1_decoder_channels
+    from ablations.runner import main
+
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "ablations.table1_decoder_channels", "--profile", "smoke", "--rows", "proj48",
-           "--data-root", str(voc_root), "--out", str(out)]
+    args = ["--profile", "smoke", "--rows", "proj48", "--data-root", str(voc_root), "--out", str(out)]
     cluster = ["--launcher", "slurm", "--gpus-per-row", "0", "--processes-per-row", "2", "--cpus-per-gpu", "1",
                "--time", "20:00"]
-    env = {**slurm, "WANDB_MODE": "disabled"}
+    for key, value in {**slurm, "WANDB_MODE": "disabled"}.items():
+        monkeypatch.setenv(key, value)  # the jobs inherit the submitting environment, as sbatch's --export=ALL
+    monkeypatch.chdir(ROOT)
 
     def run(*extra: str) -> str:
-        result = subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
+        capsys.readouterr()
+        assert main(table1_decoder_channels.TABLE, [*args, *extra]) == 0
+        return capsys.readouterr().out
 
-    first = run(*cluster)  # returns at once (nothing waits here), within run()'s timeout
+    first = run(*cluster)  # returns at once: nothing waits here
     returned = time.time()
     assert "submitted 3 SLURM jobs; nothing waits here" in first  # train, eval, summary
     assert run(*cluster).count("submitted 0 SLURM jobs") == 1  # pending or running: nothing submitted twice

@@ -6,11 +6,9 @@ import re
 
 import pytest
 
-import wandb
-
 from experiments.train import main
 from lightning_modules.run.wandb_offline import read_runs
-from helpers import ROOT, tiny_args
+from helpers import ROOT, finish_wandb, tiny_args
 
 
 def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
@@ -22,7 +20,7 @@ def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
         main(["fit", *tiny_args(voc_root, run_dir, max_steps=12), "--trainer.log_every_n_steps=3",
               "--trainer.limit_val_batches=0", f"--trainer.callbacks+={json.dumps(callback)}"])
     finally:
-        wandb.finish()
+        finish_wandb()
     (run,) = read_runs(run_dir)
     clock = json.loads(times.read_text())
     ends = {int(step): t for step, t in clock["ends"].items()}
@@ -41,7 +39,7 @@ def test_logged_train_rate_is_the_wall_clock_rate(voc_root, tmp_path):
         assert split["data_wait"][step] + split["compute"][step] == pytest.approx(split["train"][step])
 
 
-def test_benchmark_command_measures_every_phase(voc_root, monkeypatch, capsys):
+def test_benchmark_command_measures_every_phase(voc_small, monkeypatch, capsys):
     """`experiments.measure.benchmark` on the small-run overlay: every phase reports, and the final ratio line
     (in this process: the phases, not the interpreter start, are under test)."""
     from experiments.measure import benchmark
@@ -49,7 +47,7 @@ def test_benchmark_command_measures_every_phase(voc_root, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")  # the benchmark logs each phase offline (restored after the test)
     monkeypatch.chdir(ROOT)
     benchmark.main(["--config", "experiments/configs/quickstart.yaml", "--config", "experiments/configs/smoke.yaml",
-                    "--steps", "2", "--warmup", "1", "--eval-images", "2", f"--data.root={voc_root}",
+                    "--steps", "2", "--warmup", "1", "--eval-images", "2", f"--data.root={voc_small}",
                     "--model.eval_canvas=null"])
     out = capsys.readouterr().out
     for phase in ("bare loop (before)", "lightning fit", "bare loop (after)", "data loader alone", "lightning validate"):

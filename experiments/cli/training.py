@@ -38,7 +38,7 @@ BASE_CONFIG = CONFIGS / "base.yaml"
 PACKAGES = ("torch", "torchvision", "torchcodec", "lightning", "torchmetrics", "jsonargparse", "wandb", "timm",
             "torchdata", "scipy", "matplotlib")
 #: requirements a training run never imports: the tests, and ONNX for `experiments.export` and its check
-NOT_RUN_PACKAGES = ("pytest", "onnx", "onnxscript", "onnxruntime")
+NOT_RUN_PACKAGES = ("pytest", "pytest-xdist", "onnx", "onnxscript", "onnxruntime")
 
 
 def git_commit() -> str:

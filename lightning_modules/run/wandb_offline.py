@@ -47,6 +47,9 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    #: wandb wrote the run's exit record: the process finished the run (a killed one's file lacks it, and a
+    #: finished one's gets it last, when wandb-core is done writing)
+    finished: bool = False
 
     def metric(self, key: str) -> list[tuple[int, float]]:
         """(trainer/global_step or _step, value) for every history row that has `key`."""
@@ -112,6 +115,8 @@ def read_run(path: str | Path) -> OfflineRun:
         elif kind == "summary":
             for item in record.summary.update:
                 run.summary[_key(item)] = json.loads(item.value_json)
+        elif kind == "exit":
+            run.finished = True
     return run
 
 
