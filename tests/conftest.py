@@ -26,6 +26,20 @@ LIBRARY_WARNINGS = (
 )
 
 
+#: the files whose tests take longest (minutes on 2 cores), first: with `pytest -n 2` each file is one unit of
+#: work (`--dist loadfile`, tests/pytest.ini), and starting the long ones first keeps both workers busy to the end
+LONG_FILES = ("test_training.py", "test_slurm.py", "test_official.py", "test_robust.py", "test_ablations.py",
+              "test_configs.py", "test_table7.py", "test_data_guards.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for line in LIBRARY_WARNINGS:
         config.addinivalue_line("filterwarnings", line)

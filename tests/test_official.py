@@ -32,8 +32,6 @@ from lightning_modules.official.tf_checkpoint import read_tf_checkpoints
 from lightning_modules.pretrained import load_model, load_network_weights
 from official.weights import official_value
 
-pytestmark = pytest.mark.xdist_group("official")  # the TensorFlow checkpoints and imports are made once, on one worker
-
 OFFICIAL = Path(__file__).parent / "official"
 #: the fixture's networks and the official training flags a checkpoint does not record
 NETWORKS = {"xception65": {}, "xception71": {}, "mobilenet_v2": {}, "resnet_v1_101_beta": {"multi_grid": [1, 2, 4]}}

@@ -17,8 +17,6 @@ from helpers import console_of_run, tiny_args
 from lightning_modules.components.protocol import EvalProtocol
 from lightning_modules.pretrained import load_model
 
-pytestmark = pytest.mark.xdist_group("run_views")  # the two runs are trained once, on one worker
-
 
 @pytest.fixture(scope="module")
 def two_runs(voc_root, tmp_path_factory, request):

@@ -18,8 +18,6 @@ from conftest import ROOT
 from lightning_modules.run.wandb_offline import read_runs
 from helpers import run_in_process, tiny_args
 
-pytestmark = pytest.mark.xdist_group("slurm")  # one local cluster: this file's tests share a worker
-
 HERE = Path(__file__).resolve().parent / "slurm"
 
 
