@@ -27,7 +27,7 @@ LIBRARY_WARNINGS = (
 
 
 #: the files whose tests take longest (minutes on 2 cores), first: with `pytest -n 3` each file is one unit of
-#: work (`--dist loadfile`, tests/pytest.ini), and starting the long ones first keeps both workers busy to the end
+#: work (`--dist loadfile`, tests/pytest.ini), and starting the long ones first keeps the workers busy to the end
 LONG_FILES = ("test_training.py", "test_slurm.py", "test_official.py", "test_robust.py", "test_ablations.py",
               "test_configs.py", "test_table7.py", "test_data_guards.py")
 
