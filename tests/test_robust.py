@@ -74,6 +74,7 @@ def test_a_kill_after_a_validation_loses_no_logged_step(voc_root, tmp_path, requ
                      for k in ("train/loss", "val/mIoU")})
     runs = read_runs(run_dir)
     assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+    assert not runs[0].finished and runs[1].finished  # wandb's exit record: the killed process never wrote it
     wandb = history({k: runs[0].metric(k) + runs[1].metric(k) for k in ("train/loss", "val/mIoU")})
     for name, logged in (("metrics.jsonl", jsonl), ("W&B", wandb)):
         assert logged["train/loss"] == Counter(range(total)), name
