@@ -84,6 +84,7 @@ def wandb_disabled(monkeypatch):
 def jobs_in_process(monkeypatch):
     """The ablation runner's local jobs (`python -m experiments.train ...`) run in this process: what the
     runner plans, skips and reads back is under test, not the interpreter start of each job."""
+    import contextlib
     import subprocess
 
     from ablations import launch
@@ -97,7 +98,8 @@ def jobs_in_process(monkeypatch):
             return run(cmd, *args, **kwargs)
         code = 0
         try:
-            train.main(cmd[3:])
+            with contextlib.chdir(kwargs.get("cwd") or os.getcwd()):  # the job's config paths are relative
+                train.main(cmd[3:])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         finally:

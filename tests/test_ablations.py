@@ -40,9 +40,10 @@ def test_dry_run_prints_every_row_with_both_multiply_adds(module, trainings, eva
         assert out.count("not reproducible here") == 8
 
 
-def test_table3_switches_to_the_papers_resnet101_beta(tmp_path, capsys):
+def test_table3_switches_to_the_papers_resnet101_beta(tmp_path, capsys, monkeypatch):
     """`--config resnet101_beta_os16.yaml`: the same rows on the official backbone, counted on the network that
     trains (plain 76.05B at OS16, TF-counted within 0.3% of the paper's 81.02B), in run directories of their own."""
+    monkeypatch.chdir(ROOT)  # the config path as a user gives it, from the repository
     beta = "experiments/configs/resnet101_beta_os16.yaml"
     assert main(table3_output_stride.TABLE, ["--dry-run", "--config", beta]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("train16-eval16 "))
