@@ -26,7 +26,7 @@ def mean_pixel(normalization: str) -> list[int]:
 class RandomScaleCrop(v2.Transform):
     """Random scale in [min, max], pad to `crop_size` (bottom/right, mean pixel / 255), random crop.
 
-    Equivalent to the official preprocessing (scale, pad, crop), but only the region that survives the
+    The official preprocessing (scale, pad, crop) with the same result, but only the region that survives the
     crop is resized: at scale 2.0 a 500×375 image would otherwise be resized to 1000×750 only to keep
     a 513×513 window. Images are resized bilinearly, masks with pixel-centre nearest neighbour
     (`NEAREST_EXACT`): torchvision's bilinear samples at pixel centres, and so must the mask, or the

@@ -136,16 +136,9 @@ def voc_small(voc_root, tmp_path_factory) -> Path:
     (`model.eval_canvas: null`). Never modify it in a test."""
     import shutil
 
-    from PIL import Image
+    from helpers import shrink_voc_images
 
-    root = Path(shutil.copytree(voc_root, tmp_path_factory.mktemp("voc-small") / "voc"))
-    voc = root / "VOCdevkit" / "VOC2012"
-    for path in [*voc.glob("JPEGImages/*.jpg"), *voc.glob("SegmentationClass/*.png")]:
-        with Image.open(path) as image:
-            small = image.resize((image.width // 4, image.height // 4),
-                                 Image.NEAREST if image.mode == "P" else Image.BILINEAR)
-        small.save(path)
-    return root
+    return shrink_voc_images(Path(shutil.copytree(voc_root, tmp_path_factory.mktemp("voc-small") / "voc")), 4)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 
-from PIL import Image
 from scipy import stats
 
 from ablations import report
@@ -13,6 +12,7 @@ from ablations.plan import Plan
 from ablations.runner import main
 from datamodules import synthetic
 from experiments.paper import FIGURE5, TABLE1
+from helpers import shrink_voc_images
 
 
 def _write_eval(plan: Plan, row: str, seed: int, miou: float, trimap: dict[int, float] | None = None) -> None:
@@ -83,12 +83,7 @@ def test_figure5_smoke_profile_trains_and_draws_the_curves(tmp_path, jobs_in_pro
     """Two rows (a backbone without and with the decoder), one seed, on a few generated images: the trainings and
     evaluations run in this process (the process boundary is not what is tested here)."""
     root = synthetic.generate(tmp_path / "voc", n_voc_train=4, n_voc_val=2, n_sbd_only=2, n_voc_test=0)
-    voc = root / "VOCdevkit" / "VOC2012"
-    for path in [*voc.glob("JPEGImages/*.jpg"), *voc.glob("SegmentationClass/*.png")]:  # 1/6 size: cheap validation
-        with Image.open(path) as image:
-            small = image.resize((image.width // 6, image.height // 6),
-                                 Image.NEAREST if image.mode == "P" else Image.BILINEAR)
-        small.save(path)
+    shrink_voc_images(root, 6)  # 1/6 size: cheap validation
     canvas = tmp_path / "canvas.yaml"  # the smallest aligned canvas holding the small images, not 513×513
     canvas.write_text("model:\n  eval_canvas: null\n")
     out = tmp_path / "results"

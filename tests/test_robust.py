@@ -27,19 +27,6 @@ from lightning_modules.run.checkpoints import CheckpointError, read_step, resolv
 from lightning_modules.run.record import read_records, read_results
 
 
-@pytest.fixture(autouse=True)
-def no_wandb_run_left_behind():
-    """In-process runs that fail leave their W&B run open, and Lightning's WandbLogger reuses an open run:
-    each test starts and ends without one."""
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-    yield
-    if wandb.run is not None:
-        wandb.finish()
-
-
 def _steps(pairs) -> Counter:
     return Counter(step for step, _ in pairs)
 
