@@ -113,3 +113,9 @@ def test_folder_masks_are_checked_up_front_naming_the_closest_file(tmp_path, cap
     assert cityscapes.main(["--check", str(city)]) == 1
     err = capsys.readouterr().err
     assert "missing mask: 2" in err and "unusable split: 1" in err
+
+
+def test_confusion_matrix_cells_read_as_their_share():
+    from lightning_modules.run.plots import share_label
+
+    assert [share_label(v) for v in (0.005, 0.5, 0.97, 0.994, 0.996, 1.0)] == [".01", ".50", ".97", ".99", "1", "1"]

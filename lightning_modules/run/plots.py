@@ -51,6 +51,13 @@ def plot_curves(summaries: list[StageSummary], labels: list[str], path: str | Pa
     return _save(fig, plt, path)
 
 
+def share_label(share: float) -> str:
+    """A confusion-matrix cell's share in two digits without the leading zero (".97"); "1" once it rounds to
+    1.00 (a 0.996 share is "1", not ".00")."""
+    text = f"{share:.2f}"
+    return "1" if text == "1.00" else text[1:]
+
+
 def plot_confusion_matrix(confmat: np.ndarray, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised (each true class sums to 1: its pixels' share per predicted class); a class with no
     labelled pixel stays an empty row."""
@@ -69,7 +76,7 @@ def plot_confusion_matrix(confmat: np.ndarray, class_names: list[str], path: str
     if n <= 25:  # the share in each cell while it stays readable
         for (i, j), value in np.ndenumerate(shares):
             if value >= 0.005:
-                ax.text(j, i, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=6,
+                ax.text(j, i, share_label(value), ha="center", va="center", fontsize=6,
                         color="white" if value > 0.5 else "black")
     ax.set_title(title or "confusion matrix (rows sum to 1)")
     fig.colorbar(image, ax=ax, shrink=0.8)
