@@ -104,11 +104,15 @@ class Plan:
         return dict(self.table.smoke) if self.profile == "smoke" else {}
 
     def canvas(self) -> str:
-        """The evaluation canvas the Multiply-Adds are counted at: "513×513" (VOC), "1025×2049" (Cityscapes)."""
+        """The evaluation canvas the Multiply-Adds are counted at: "513×513" (VOC), "1025×2049" (Cityscapes);
+        runs that score each image on its own aligned canvas are counted on the paper's 513×513."""
         from experiments.cli.parse_only import eval_protocol
+        from lightning_modules.components.protocol import PAPER_CROP
 
         canvas = eval_protocol(self.resolved(self.table.rows[0])).canvas
-        return "×".join(map(str, canvas)) if canvas else "each image's aligned canvas"
+        if canvas is None:
+            return f"{PAPER_CROP}×{PAPER_CROP} (the runs score each image on its own aligned canvas)"
+        return "×".join(map(str, canvas))
 
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]

@@ -19,7 +19,10 @@ from ablations import (precision, table1_decoder_channels, table2_decoder_struct
 from ablations.plan import Plan
 from ablations.runner import main
 from conftest import ROOT
-from experiments.paper import TABLE1
+from experiments.cli.parse_only import net_kwargs
+from experiments.paper import TABLE1, TABLES
+from lightning_modules.components.complexity import build_on_meta
+from lightning_modules.components.deeplab import DeepLabV3Plus
 
 
 @pytest.mark.parametrize("module,trainings,evaluations", [
@@ -51,6 +54,19 @@ def test_table3_switches_to_the_papers_resnet101_beta(tmp_path, capsys, monkeypa
     assert plain == 76.05 and abs(tf / paper - 1) < 0.003, line
     jobs = Plan(table3_output_stride.TABLE, "paper", tmp_path, extra_configs=[beta]).jobs()
     assert all(beta in job.args and job.run_dir.parent.name == "paper+resnet101_beta_os16" for job in jobs)
+
+
+@pytest.mark.parametrize("table", TABLES.values(), ids=lambda table: table.name)
+def test_every_tables_small_run_builds_each_rows_network(table):
+    """`--profile smoke` layers MobileNetV2 configs over the table's config; a row's own settings must still
+    make a network (Table 3's rows set multi-grid, which only ResNets have: its small run keeps a ResNet)."""
+    plan = Plan(table, "smoke")
+    for row in plan.rows():
+        kwargs = net_kwargs(plan.resolved(row))
+        assert kwargs["weights"] is None, row.name  # the small run downloads nothing
+        build_on_meta(lambda: DeepLabV3Plus(**kwargs))
+        if table.name == "table3_output_stride":
+            assert kwargs["backbone"] == "resnet50" and kwargs["multi_grid"] == [1, 2, 4], row.name
 
 
 def test_seeds_multiply_trainings_and_tag_every_run(tmp_path):
