@@ -21,7 +21,7 @@ from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.run.wandb_logger import wandb_offline
 
 
-def test_fit_then_validate_from_checkpoint_same_miou(voc_root, voc_small, tmp_path):
+def test_fit_then_validate_from_checkpoint_same_miou(voc_root, voc_small, tmp_path, caplog):
     """Three runs in this process (the killed and stopped ones below have processes of their own)."""
     run_dir = tmp_path / "run"
     run_in_process("fit", *tiny_args(voc_root, run_dir, max_steps=4))
@@ -45,8 +45,10 @@ def test_fit_then_validate_from_checkpoint_same_miou(voc_root, voc_small, tmp_pa
 
     last = next(run_dir.rglob("last.ckpt"))
     eval_dir = tmp_path / "eval"
+    caplog.clear()
     run_in_process("validate", *tiny_args(voc_root, eval_dir), f"--ckpt_path={last}",
             "--trainer.logger.init_args.job_type=eval")
+    assert "Run folder moved" not in caplog.text  # another run's checkpoint, scored: nothing moved
     (eval_run,) = read_runs(eval_dir)
     assert eval_run.job_type == "eval"
     assert eval_run.metric("val/mIoU")[0][1] == pytest.approx(fit_miou, abs=1e-6)
@@ -129,7 +131,8 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
     again while its checkpoint is written), SIGKILLed mid-epoch right after a step checkpoint is written (before
     Lightning logs that batch), stopped by SIGTERM during a validation, and resumed each time: same weights,
     losses, validation and W&B run, every step logged once, and `last.ckpt` is the final step with no
-    `last-v1.ckpt` beside it."""
+    `last-v1.ckpt` beside it. The SIGTERM that stops the step a validation follows (24) makes the resumed run
+    validate first: the next run gets its SIGTERM in that validation."""
     # Killed at step 14 (its checkpoint closed epoch 0: the saved loader position is spent) and at step 21
     # (mid-epoch 1); SIGTERM between them, where no periodic checkpoint falls, and in the validation after 24.
     seed = int(os.environ.get("TEST_SEED", random.SystemRandom().randrange(2**32)))
@@ -138,8 +141,11 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
     interrupted = tmp_path / "interrupted"
     preemption = "--trainer.callbacks+=lightning_modules.run.preemption.Preemption"
     resume: list[str] = []
-    for kill in (14, "term", 21, "term_in_validation"):
-        if kill == "term":
+    for kill in (14, "term", 21, "term_before_validation", "term_in_validation"):
+        if kill == "term_before_validation":
+            callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": VALIDATED - 1}})
+            extra = [resume_config(tmp_path, "plain"), preemption, f"--trainer.callbacks+={callback}"]
+        elif kill == "term":
             callback = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": term}})
             extra = [resume_config(tmp_path, "plain"), preemption, f"--trainer.callbacks+={callback}"]
         elif kill == "term_in_validation":
@@ -158,7 +164,14 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
                     in run.stdout + run.stderr), run.stderr[-3000:]
             assert read_step(saved) == term + 1 and read_results(interrupted)["fit"]["finished"] is False
             continue
-        if kill == "term_in_validation":  # at the validation's second batch, not after it and one more step
+        if kill == "term_before_validation":  # stopped before the validation due after step 24
+            assert run.returncode == 143, run.stderr[-3000:]
+            saved = interrupted / f"hpc_ckpt_{VALIDATED}.ckpt"
+            assert (f"Signal SIGTERM (the validation due at this step runs on resume): saved {saved} at step "
+                    f"{VALIDATED}; resume with --ckpt_path last" in run.stdout + run.stderr), run.stderr[-3000:]
+            assert not any("val/mIoU" in r["metrics"] for r in read_records(interrupted / "metrics.jsonl"))
+            continue
+        if kill == "term_in_validation":  # in the validation the resumed run does first, not after it
             assert run.returncode == 143, run.stderr[-3000:]
             saved = interrupted / f"hpc_ckpt_{VALIDATED}.ckpt"
             assert (f"Signal SIGTERM during validation (it runs again on resume): saved {saved} at step "
@@ -172,7 +185,7 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
             assert not [r for r in read_records(interrupted / "metrics.jsonl")
                         if r["step"] == kill - 1 and "train/loss" in r["metrics"]]
     run_in_process("fit", *tiny_args(voc_root, interrupted, TOTAL), *COMMON, resume_config(tmp_path, "plain"), *resume)
-    assert_same_training(straight, interrupted, processes=5)
+    assert_same_training(straight, interrupted, processes=6)
     assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 
 

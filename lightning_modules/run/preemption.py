@@ -21,7 +21,8 @@ STOP_STATUS = {int(signal.SIGTERM): 143, int(signal.SIGINT): 130}
 class Preemption(L.Callback):
     """A signal during `fit` finishes the running step, saves `hpc_ckpt_<step>.ckpt` in the run directory,
     prints one line naming it and stops; the run resumes exactly from it with `--ckpt_path last`. During a
-    validation it stops at the next val batch (`ValidationStopped`) and the resumed run validates again.
+    validation it stops at the next val batch (`ValidationStopped`) and the resumed run validates again; at a
+    step a validation follows, the resumed run does that validation first (`validation_due`).
 
     - SIGTERM (Kubernetes, spot VMs, most batch systems, `scancel`) and SIGINT (Ctrl+C): the process exits
       with 143 or 130 (`STOP_STATUS`, set by `experiments.train`), so `fit ... && validate ...` and job
@@ -48,7 +49,8 @@ class Preemption(L.Callback):
         self.checkpoint: Path | None = None
         self._previous: dict[int, object] = {}
         self._launcher = None
-        self._validation_stop = False
+        self._validation_stop = False  # saving at a val batch: the resumed run redoes that validation
+        self._validation_due = False  # saving at a step a validation follows: the resumed run does it first
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = self.stopped_by = self.checkpoint = None
@@ -81,12 +83,18 @@ class Preemption(L.Callback):
         signum = self.received if self.received is not None else self.stop_signals[0]  # another rank's
         if 0 < trainer.max_steps <= trainer.global_step:
             return  # the last step: training ends here anyway, with its final checkpoint
+        # a validation due after this step is done by the resumed run first (Lightning's resume would skip it)
+        self._validation_due = validation_due(trainer)
         # before the save: Lightning logs this batch at a stop, and the run record stores that in the checkpoint
         trainer.should_stop = True
         # Lightning validates a run that stops early; a grace period (Kubernetes: 30 s) is no time for a
         # whole val set, and the resumed run validates where the schedule says
         trainer.limit_val_batches = 0
-        self._save(trainer, signum, "")
+        try:
+            self._save(trainer, signum, " (the validation due at this step runs on resume)"
+                       if self._validation_due else "")
+        finally:
+            self._validation_due = False
 
     def _save(self, trainer: L.Trainer, signum: int, when: str) -> None:
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{trainer.global_step}.ckpt"
@@ -119,6 +127,9 @@ class Preemption(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self._validation_stop:
             redo_validation(checkpoint)
+        elif self._validation_due:
+            complete_batch(checkpoint)
+            redo_validation(checkpoint, started=False)
 
     @property
     def requeue_pending(self) -> bool:
@@ -167,16 +178,42 @@ class ValidationStopped(SystemExit):
     trainer down). A SystemExit carrying the exit status (`STOP_STATUS`), so the process ends with it."""
 
 
-def redo_validation(checkpoint: dict) -> None:
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates after the training batch now ending (at `on_train_batch_end`): the rule of
+    its training epoch loop for step and epoch schedules. A time-based `val_check_interval` (no
+    `val_check_batch`) is not known ahead, and counts as not due."""
+    if not trainer.enable_validation or trainer.val_check_batch is None:
+        return False
+    every_n_epochs = trainer.check_val_every_n_epoch
+    if every_n_epochs is not None and (trainer.current_epoch + 1) % every_n_epochs:
+        return False
+    if trainer.val_check_batch == float("inf"):
+        return trainer.is_last_batch
+    loop = trainer.fit_loop.epoch_loop
+    batch = loop.total_batch_idx if every_n_epochs is None else loop.batch_idx
+    return (batch + 1) % trainer.val_check_batch == 0
+
+
+def complete_batch(checkpoint: dict) -> None:
+    """Count the training batch of a checkpoint saved at `on_train_batch_end` as completed, as Lightning does
+    right after that hook: the checkpoint then reads as saved where the validation after that batch begins."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for counts in (progress["current"], progress["total"]):
+        counts["completed"] = counts["processed"]
+
+
+def redo_validation(checkpoint: dict, started: bool = True) -> None:
     """Make a checkpoint saved at a validation batch resume into that validation from its first batch.
 
     Lightning resumes a validation it finds started in a checkpoint (`restarted_mid_evaluation`: a batch
     started and not processed), running it again from the val loader's first batch, and then trains on;
     a checkpoint saved between two val batches (what a callback can do) reads instead as a finished
     validation, which the resumed run would skip. The validation's progress counters are set to its first
-    batch started: the training state, saved before the validation, is untouched."""
+    batch started: the training state, saved before the validation, is untouched. `started=False`: saved
+    before the validation began (its counters still hold the previous validation's)."""
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
-    before = progress["total"]["completed"] - progress["current"]["completed"]  # batches of earlier validations
+    # batches of earlier validations
+    before = progress["total"]["completed"] - (progress["current"]["completed"] if started else 0)
     progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
     progress["total"] = {"ready": before + 1, "started": before + 1, "processed": before, "completed": before}
     progress["is_last_batch"] = False
