@@ -35,7 +35,7 @@ def _names(run_dir: Path, prefix: str) -> list[str]:
     return sorted(p.name for p in run_dir.rglob(f"{prefix}-*.ckpt"))
 
 
-def test_a_moved_and_a_symlinked_run_folder_keep_best_tracking_and_retention(voc_root, tmp_path):
+def test_a_moved_and_a_symlinked_run_folder_keep_best_tracking_and_retention(voc_root, tmp_path, caplog):
     """Stopped at step 4, moved; stopped at step 6, moved again and resumed through a symlink to step 8:
     the periodic checkpoints are the two newest only, one best checkpoint remains, it is the first step
     of the highest val/mIoU over the whole run, and `best_checkpoint` names it at the current location."""
@@ -45,6 +45,7 @@ def test_a_moved_and_a_symlinked_run_folder_keep_best_tracking_and_retention(voc
 
     shutil.move(first, moved)
     _fit(voc_root, moved, stop_at=5, resume=True)
+    assert f"Run folder moved: checkpoints recorded in {first}" in caplog.text
     assert _names(moved, "step") == ["step-4.ckpt", "step-6.ckpt"]  # step-2 is gone: retention followed
     assert len(_names(moved, "best")) == 1
 

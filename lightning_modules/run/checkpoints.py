@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
@@ -292,10 +293,18 @@ class RunCheckpoint(ModelCheckpoint):
     top-k files, which pile up. Here the recorded paths are mapped to the same names under the current
     directory, so `save_top_k` and the best score carry on (`--ckpt_path last` after a move)."""
 
+    #: whether the checkpoint being restored resumes this run's fit (Lightning restores callbacks for
+    #: `validate --ckpt_path` too, where the checkpoint is another run's and nothing moved)
+    _resuming_fit = True
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resuming_fit = trainer.state.fn == TrainerFn.FITTING
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         recorded = state_dict.get("dirpath")
         if recorded and self.dirpath and str(recorded) != str(self.dirpath):
-            rank_zero_info(f"Run folder moved: checkpoints recorded in {recorded} are tracked in {self.dirpath}")
+            if self._resuming_fit:
+                rank_zero_info(f"Run folder moved: checkpoints recorded in {recorded} are tracked in {self.dirpath}")
             state_dict = moved_state(state_dict, str(recorded), str(self.dirpath))
         super().load_state_dict(state_dict)
 
