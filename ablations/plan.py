@@ -16,8 +16,8 @@ from experiments.cli.overrides import to_cli_args
 from experiments.paper import Row, Table
 
 REPO = Path(__file__).resolve().parent.parent
-#: `--profile smoke`: the table's config shrunk by the small-run overlay — MobileNetV2 from scratch on the
-#: generated data, a few steps (checks the plumbing, not the numbers)
+#: `--profile smoke`: the table's config shrunk by the small-run overlay — MobileNetV2 (Table 3: ResNet-50,
+#: `Table.smoke`) from scratch on the generated data, a few steps (checks the plumbing, not the numbers)
 SMOKE_CONFIGS = ("experiments/configs/quickstart.yaml", "experiments/configs/smoke.yaml")
 
 
@@ -113,6 +113,12 @@ class Plan:
         if canvas is None:
             return f"{PAPER_CROP}×{PAPER_CROP} (the runs score each image on its own aligned canvas)"
         return "×".join(map(str, canvas))
+
+    def backbones(self) -> list[str]:
+        """The backbones the table's trainings use under this profile, as configured (`mobilenet_v2`, ...)."""
+        from experiments.cli.parse_only import net_kwargs
+
+        return sorted({net_kwargs(self.resolved(row))["backbone"] for row in self.trainings().values()})
 
     def rows(self) -> list[Row]:
         return [r for r in self.table.rows if r.reproducible]

@@ -150,14 +150,14 @@ def write(plan: Plan, results: list[dict]) -> Path:
         md.append(f"| {r['row']} | {_fmt(r['paper_mIoU'], '%')} | {_miou(r)} | {_fmt(r['diff_mIoU'])} | "
                   f"{_versus(r)} | {_fmt(r['paper_multiply_adds'], 'B')} | {_fmt(r['ours_multiply_adds_tf'], 'B')} | "
                   f"{_fmt(r['ours_multiply_adds'], 'B')} | {_fmt(r['diff_multiply_adds'])} | {r['note']} |")
-    md += ["", "Ours: mean ± sample standard deviation over the seeds done (n). Multiply-Adds at 513×513 for the "
-               "whole evaluation protocol; TF = counted as the paper's tfprof counted the official graph.",
+    md += ["", f"Ours: mean ± sample standard deviation over the seeds done (n). Multiply-Adds at {plan.canvas()} "
+               "for the whole evaluation protocol; TF = counted as the paper's tfprof counted the official graph.",
            "vs baseline: the row's mIoU minus its baseline row's over the seeds both ran, mean and 95% interval of a "
            "paired t over seeds (n/a with one seed); an interval that holds 0 is a difference seeds alone can make."]
     md += _trimap_section(plan, results, stem)
     if plan.profile == "smoke":
-        md += ["", "Smoke profile: MobileNetV2 from scratch on generated data for a few steps — it checks the "
-                   "plumbing; its numbers are not comparable with the paper's."]
+        md += ["", f"Smoke profile: {' and '.join(plan.backbones())} from scratch on generated data for a few steps "
+                   "— it checks the plumbing; its numbers are not comparable with the paper's."]
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     plot(plan, results, stem.with_suffix(".png"))
     return stem.with_suffix(".md")

@@ -119,6 +119,7 @@ def test_two_seeds_survive_a_kill_and_rerun_trains_nothing(voc_root, tmp_path, j
     assert float(rows[0]["ours_multiply_adds_tf"]) > 0 and rows[0]["git_commits"]
     md = (out / "table1_decoder_channels-smoke.md").read_text()
     assert "| proj48 | 78.21% | " in md and "(n=2)" in md and "partial" not in md
+    assert "Multiply-Adds at 513×513 for" in md and "Smoke profile: mobilenet_v2 from scratch" in md
     assert (out / "table1_decoder_channels-smoke.png").read_bytes()[:4] == b"\x89PNG"
 
     written = {p: p.stat().st_mtime_ns for p in work.glob("*/*")}
