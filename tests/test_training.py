@@ -189,6 +189,33 @@ def test_exact_resume_after_kills_at_an_epoch_end_and_mid_epoch_and_sigterms(voc
     assert sorted(p.name for p in interrupted.rglob("last*.ckpt")) == ["last.ckpt"]
 
 
+def test_a_sigterm_where_an_epoch_ends_and_a_validation_is_due_resumes_into_it(voc_root, tmp_path, caplog):
+    """56 samples in batches of 8: epoch 0 ends at step 7, where the validation falls too. SIGTERM when step 6
+    starts stops after step 7; the resumed run validates first, crosses into epoch 1 and ends as a straight
+    run: same weights, the same validation once, every loss once (all three runs in this process)."""
+    common = ["--data.batch_size=8", "--trainer.val_check_interval=7", "--trainer.limit_val_batches=1"]
+    run_in_process("fit", *tiny_args(voc_root, tmp_path / "straight", 10), *common)
+    stopped = tmp_path / "stopped"
+    stop = json.dumps({"class_path": "helpers.SignalAtStep", "init_args": {"step": 6}})
+    with pytest.raises(SystemExit) as exit_:
+        run_in_process("fit", *tiny_args(voc_root, stopped, 10), *common, f"--trainer.callbacks+={stop}")
+    assert exit_.value.code == 143
+    assert "Signal SIGTERM (the validation due at this step runs on resume)" in caplog.text
+    assert read_step(stopped / "hpc_ckpt_7.ckpt") == 7
+    run_in_process("fit", *tiny_args(voc_root, stopped, 10), *common, "--ckpt_path=last")
+
+    a, b = (torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+            for run in (tmp_path / "straight", stopped))
+    assert a["global_step"] == b["global_step"] == 10 and a["epoch"] == b["epoch"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    straight_records, stopped_records = (read_records(run / "metrics.jsonl") for run in (tmp_path / "straight", stopped))
+    (validation,) = [(r["step"], r["metrics"]["val/mIoU"]) for r in straight_records if "val/mIoU" in r["metrics"]]
+    assert validation[0] == 6
+    assert [(r["step"], r["metrics"]["val/mIoU"]) for r in stopped_records if "val/mIoU" in r["metrics"]] == [
+        (6, pytest.approx(validation[1]))]
+    assert sorted(r["step"] for r in stopped_records if "train/loss" in r["metrics"]) == list(range(10))
+
+
 def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
