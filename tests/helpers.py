@@ -103,7 +103,8 @@ def finish_wandb(timeout: float = 120) -> None:
 def run_in_process(*args: str):
     """`python -m experiments.train *args` in this process (no interpreter start, no imports, no W&B service
     start of its own: seconds per run): for tests where the process boundary is not what they check. Returns
-    the LightningCLI; a user error raises SystemExit as the command exits. Output: read it with `capfd`."""
+    the LightningCLI; a user error raises SystemExit as the command exits. Output: `capfd` (what it prints),
+    `caplog` (Lightning's log lines, `rank_zero_info`)."""
     from experiments import train
 
     with contextlib.chdir(ROOT):  # config paths are relative to the repository, as for run_cli

@@ -180,7 +180,8 @@ class ValidationStopped(SystemExit):
 
 def validation_due(trainer: L.Trainer) -> bool:
     """Whether Lightning validates after the training batch now ending (at `on_train_batch_end`): the rule of
-    its training epoch loop for step and epoch schedules. A time-based `val_check_interval` (no
+    its training epoch loop for step and epoch schedules, which it keeps private, read from public Trainer
+    attributes. A time-based `val_check_interval` (no
     `val_check_batch`) is not known ahead, and counts as not due."""
     if not trainer.enable_validation or trainer.val_check_batch is None:
         return False
