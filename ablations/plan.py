@@ -182,6 +182,19 @@ class Plan:
         return config_reader().parse([REPO / c for c in self.configs(row)],
                                      to_cli_args({**self.profile_overrides, **row.train, **row.eval}))
 
+    def check(self) -> None:
+        """Every training's network options as `experiments.train` checks them (`check_network_options`),
+        before any run starts: a ConfigError naming the row, its configs and the option."""
+        from experiments.cli.checks import check_network_options
+        from experiments.cli.errors import ConfigError
+        from experiments.cli.parse_only import net_kwargs
+
+        for row in self.trainings().values():
+            try:
+                check_network_options(net_kwargs(self.resolved(row)))
+            except ConfigError as e:
+                raise ConfigError(f"row {row.name} ({' + '.join(self.configs(row))})", str(e)) from None
+
     def cost(self, row: Row, config=None) -> dict[str, float]:
         """Multiply-Adds (TF-graph and plain) and parameters of a row's evaluation protocol."""
         from experiments.cli.parse_only import eval_protocol, net_kwargs

@@ -102,6 +102,12 @@ def main(table: Table, argv: list[str] | None = None) -> int:
             parser.error(f"--config {config}: no such file")
     plan = Plan(table, args.profile, Path(args.output).resolve(), args.data_root, args.project, args.seeds,
                 cluster.processes, cluster.gpus_per_row, args.config)
+    from experiments.cli.errors import ConfigError  # imports Lightning: not for --help
+
+    try:
+        plan.check()
+    except ConfigError as e:
+        parser.error(str(e))
     if args.dry_run:
         print(plan.describe())
         return 0

@@ -69,6 +69,21 @@ def test_every_tables_small_run_builds_each_rows_network(table):
             assert kwargs["backbone"] == "resnet50" and kwargs["multi_grid"] == [1, 2, 4], row.name
 
 
+def test_a_row_no_network_can_be_built_for_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """Table 3's rows set multi-grid; a config that makes them MobileNetV2 is refused naming the row, the configs
+    and the option, in the dry run as in a real run, before any run folder exists."""
+    monkeypatch.chdir(ROOT)
+    mobilenet = "experiments/configs/mobilenetv2_os16.yaml"
+    for mode in (["--dry_run"], ["--output", str(tmp_path / "results")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(table3_output_stride.TABLE, [*mode, "--config", mobilenet])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert (f"error: row train16-eval16 (experiments/configs/resnet101_os16.yaml + {mobilenet}): "
+                "--model.net.init_args.multi_grid: expected null with 'mobilenet_v2'") in err, err
+        assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
 def test_seeds_multiply_trainings_and_tag_every_run(tmp_path):
     plan = Plan(TABLE1, "smoke", tmp_path, seeds=[0, 1, 2])
     jobs = plan.jobs()

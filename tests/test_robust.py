@@ -204,7 +204,8 @@ CONFIG_KEY_TYPO, BAD_YAML = "trainer:\n  max_step: 3\n", "trainer:\n  max_steps:
 
 
 @pytest.mark.parametrize("case", [
-    "lr", "eval_scales", "batch_size", "batch_over_split", "batch_type", "crop", "backbone", "precision", "unknown_option",
+    "lr", "eval_scales", "batch_size", "batch_over_split", "batch_type", "crop", "backbone", "multi_grid",
+    "official_layers", "precision", "unknown_option",
     "config_key", "config_yaml", "num_classes", "ckpt_interval", "truncated_ckpt", "missing_ckpt", "ckpt_classes",
     "ckpt_backbone", "ckpt_decoder", "init_from_backbone", "weights_tag", "weights_offline", "occupied_root",
     "empty_split", "worker_error", "predict_output_file", "predict_unfit_ckpt", "export_suffix", "export_unwritable"])
@@ -226,6 +227,11 @@ def test_user_errors_print_one_line_naming_the_option_or_file(case, voc_root, vo
         "batch_type": (["--data.batch_size=four"], "--data.batch_size: Expected a int. Got value: four"),
         "crop": (["--data.crop_size=8"], "--data.crop_size: expected a crop of at least the output stride (16 px)"),
         "backbone": (["--model.net.init_args.backbone=resnet18"], "--model.net.init_args.backbone: expected one of"),
+        "multi_grid": (["--model.net.init_args.multi_grid=[1,2,4]"], "--model.net.init_args.multi_grid: expected null "
+                       "with 'mobilenet_v2' (multi-grid is a ResNet setting: resnet50, resnet101, resnet50_beta, "
+                       "resnet101_beta), got [1, 2, 4]"),
+        "official_layers": (["--model.net.init_args.backbone=resnet50", "--model.net.init_args.official_layers=true"],
+                            "--model.net.init_args.official_layers: expected false with 'resnet50'"),
         "precision": (["--trainer.precision=17"], "--trainer.precision: expected one of 64, 32, 16, transformer-engine, "
                       "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16, "
                       "null; given value: 17"),

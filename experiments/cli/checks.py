@@ -242,6 +242,23 @@ def _check(condition: bool, option: str, expected: str) -> None:
         raise ConfigError(option, expected)
 
 
+def check_network_options(net) -> None:
+    """`model.net.init_args` (a parsed Namespace or a dict) that no network can be built from: also run by the
+    ablation runner on every row before anything starts, its dry run included."""
+    backbone = net.get("backbone")
+    _check(backbone in BACKBONES, "--model.net.init_args.backbone",
+           f"expected one of {', '.join(BACKBONES)}, got {backbone!r}")
+    _check(net.get("output_stride") in OUTPUT_STRIDES, "--model.net.init_args.output_stride",
+           f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {net.get('output_stride')}")
+    resnets = [name for name in BACKBONES if name.startswith("resnet")]
+    _check(not net.get("multi_grid") or backbone in resnets, "--model.net.init_args.multi_grid",
+           f"expected null with {backbone!r} (multi-grid is a ResNet setting: {', '.join(resnets)}), "
+           f"got {net.get('multi_grid')}")
+    _check(not net.get("official_layers") or backbone == "mobilenet_v2", "--model.net.init_args.official_layers",
+           f"expected false with {backbone!r} (it changes only mobilenet_v2; the others already compute as the "
+           "official network: docs/fidelity.md)")
+
+
 def check_config(config) -> None:
     """Option values the run cannot use, refused when the config is parsed: before a run directory, a W&B
     run or a data loader exists, and naming the option rather than failing deep inside torch."""
@@ -250,10 +267,7 @@ def check_config(config) -> None:
     _check(model.lr > 0, "--model.lr", f"expected a learning rate > 0, got {model.lr}")
     _check(model.weight_decay >= 0, "--model.weight_decay", f"expected >= 0, got {model.weight_decay}")
     _check(0 <= model.momentum < 1, "--model.momentum", f"expected 0 <= momentum < 1, got {model.momentum}")
-    _check(net.backbone in BACKBONES, "--model.net.init_args.backbone",
-           f"expected one of {', '.join(BACKBONES)}, got {net.backbone!r}")
-    _check(net.output_stride in OUTPUT_STRIDES, "--model.net.init_args.output_stride",
-           f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {net.output_stride}")
+    check_network_options(net)
     eval_stride = model.get("eval_output_stride")
     _check(eval_stride is None or eval_stride in OUTPUT_STRIDES, "--model.eval_output_stride",
            f"expected one of {', '.join(map(str, OUTPUT_STRIDES))}, got {eval_stride}")
