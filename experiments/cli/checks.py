@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
